@@ -1,0 +1,1 @@
+"""Lightning callbacks: progress in iterations, checkpoints in iterations, evaluation."""

@@ -1,0 +1,97 @@
+"""Checkpoints every K iterations (generator updates), plus ``last.ckpt``.
+
+Lightning's ``ModelCheckpoint(every_n_train_steps=K)`` counts ``global_step``,
+which in manual optimization is every optimizer step (``n_critic + 1`` per
+iteration, and skipped iterations may add some), so "every K steps" would not
+mean "every K iterations". This callback counts the module's ``iteration``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from gan_template.guard import TooManySkips
+
+
+class IterationCheckpoint(Callback):
+    """Save ``iter{N:07d}.ckpt`` every ``every_n_iterations`` and keep ``last.ckpt`` current.
+
+    Args:
+        every_n_iterations: period of the numbered checkpoints; 0 saves only ``last.ckpt``
+            (at the end and on a controlled stop).
+        dirpath: where to save; default ``<trainer.default_root_dir>/checkpoints``.
+        keep_last_n: numbered checkpoints to keep (oldest deleted first); 0 keeps all.
+    """
+
+    def __init__(self, every_n_iterations: int = 1000, dirpath: str | None = None, keep_last_n: int = 0) -> None:
+        if every_n_iterations < 0 or keep_last_n < 0:
+            raise ValueError("checkpoint every_n_iterations and keep_last_n must be >= 0")
+        self.every_n_iterations = every_n_iterations
+        self.dirpath = dirpath
+        self.keep_last_n = keep_last_n
+        self.last_saved_iteration = -1
+        self.saved: list[str] = []
+
+    def directory(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
+
+    def last_path(self, trainer: L.Trainer) -> Path:
+        return self.directory(trainer) / "last.ckpt"
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        iteration = pl_module.iteration
+        if (
+            self.every_n_iterations
+            and iteration % self.every_n_iterations == 0
+            and iteration != self.last_saved_iteration
+            and iteration > 0
+        ):
+            self._save(trainer, iteration, numbered=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.iteration != self.last_saved_iteration:
+            self._save(trainer, pl_module.iteration, numbered=False)
+        rank_zero_info(f"Last checkpoint: {self.last_path(trainer)}")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Save only where every rank is known to be here: a too-many-skips stop is
+        # decided identically on all ranks; an interrupt in a single process is
+        # safe. Anything else may have hit one rank only, and the save's barrier
+        # would hang.
+        if isinstance(exception, TooManySkips) or (
+            isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1
+        ):
+            self._save(trainer, pl_module.iteration, numbered=False)
+            rank_zero_info(
+                f"Saved {self.last_path(trainer)} at iteration {pl_module.iteration}; resume with "
+                f"ckpt_path={self.last_path(trainer)}"
+            )
+
+    def _save(self, trainer: L.Trainer, iteration: int, numbered: bool) -> None:
+        directory = self.directory(trainer)
+        self.last_saved_iteration = iteration
+        if not numbered:
+            trainer.save_checkpoint(self.last_path(trainer), weights_only=False)
+            return
+        path = directory / f"iter{iteration:07d}.ckpt"
+        self.saved.append(str(path))
+        trainer.save_checkpoint(path, weights_only=False)
+        if trainer.is_global_zero:  # the same file twice: copy rather than serialise again
+            shutil.copyfile(path, self.last_path(trainer))
+            if self.keep_last_n and len(self.saved) > self.keep_last_n:
+                Path(self.saved.pop(0)).unlink(missing_ok=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_saved_iteration": self.last_saved_iteration, "saved": list(self.saved)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_saved_iteration = state_dict["last_saved_iteration"]
+        self.saved = list(state_dict["saved"])

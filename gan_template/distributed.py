@@ -1,0 +1,67 @@
+"""DDP for GANs without ``find_unused_parameters=True``.
+
+Lightning's DDP strategy wraps the whole LightningModule, so DDP's reducer
+expects a gradient for *every* parameter (generator and discriminator) in
+*every* backward. A GAN's discriminator update gives the generator no gradient
+and vice versa, so the reducer fails with "parameters that were not used in
+producing the loss" (Lightning issues #20328, #20866), unless
+``find_unused_parameters=True`` makes it walk the autograd graph after every
+backward.
+
+Instead, :func:`disable_reducer` switches the reducer off once at the start of
+training, and :func:`all_reduce_gradients` averages exactly the gradients of the
+optimizer about to step, in one flat collective. Every rank runs the same
+backwards in the same order (the skip rule guarantees it), so the collectives
+always match. Cost: the all-reduce no longer overlaps the backward pass, which
+matters little for GAN-sized networks; the benchmark measures it.
+
+Buffers (BatchNorm running statistics) stay rank-local, as with
+``DistributedDataParallel(broadcast_buffers=False)``; checkpoints and samples
+come from rank 0. Parameters start identical (DDP broadcasts them when it wraps
+the module) and stay identical because every rank applies the same averaged
+gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def disable_reducer(wrapped_model: nn.Module) -> bool:
+    """Stop DDP's reducer from synchronising gradients; returns whether ``wrapped_model`` is DDP.
+
+    ``require_backward_grad_sync`` is what ``DistributedDataParallel.no_sync()``
+    toggles; Lightning's manual-optimization backward checks the same flag
+    before preparing the reducer (``lightning.pytorch.overrides.distributed.prepare_for_backward``).
+    """
+    if not isinstance(wrapped_model, DistributedDataParallel):
+        return False
+    wrapped_model.require_backward_grad_sync = False
+    return True
+
+
+def all_reduce_gradients(parameters: Iterable[nn.Parameter], world_size: int) -> None:
+    """Average the gradients of ``parameters`` over all ranks in one flat all-reduce.
+
+    A parameter without a gradient contributes zeros, so every rank sends a
+    buffer of the same layout whatever its local graph looked like.
+    """
+    if world_size <= 1 or not dist.is_available() or not dist.is_initialized():
+        return
+    params = list(parameters)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat.div_(world_size)
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

@@ -1,0 +1,95 @@
+"""Adversarial losses as pure functions of discriminator outputs.
+
+Each loss is a pair: the discriminator's loss given its outputs on real and fake
+samples, and the generator's loss given the discriminator's outputs on fake
+samples. Both return a scalar (mean over the batch). Nothing here knows about
+optimizers, Lightning or Hydra, so every loss can be checked by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class AdversarialLoss:
+    """A discriminator loss and the generator loss it is paired with."""
+
+    name: str
+    discriminator: Callable[[Tensor, Tensor], Tensor]
+    generator: Callable[[Tensor], Tensor]
+
+
+def non_saturating_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """-log D(x) - log(1 - D(G(z))), with D = sigmoid(logits) (Goodfellow et al., 2014)."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def non_saturating_g(fake_logits: Tensor) -> Tensor:
+    """-log D(G(z)): the non-saturating generator loss of Goodfellow et al. (2014), section 3."""
+    return F.softplus(-fake_logits).mean()
+
+
+def hinge_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """max(0, 1 - D(x)) + max(0, 1 + D(G(z))) (Lim & Ye, 2017; Miyato et al., 2018)."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_g(fake_logits: Tensor) -> Tensor:
+    """-D(G(z)): the generator side of the hinge loss."""
+    return -fake_logits.mean()
+
+
+def wasserstein_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """D(G(z)) - D(x): the critic loss of WGAN (Arjovsky et al., 2017); needs a Lipschitz penalty."""
+    return fake_logits.mean() - real_logits.mean()
+
+
+def wasserstein_g(fake_logits: Tensor) -> Tensor:
+    """-D(G(z))."""
+    return -fake_logits.mean()
+
+
+def least_squares_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """((D(x) - 1)^2 + D(G(z))^2) / 2: LSGAN with targets a=0, b=1 (Mao et al., 2017)."""
+    return 0.5 * ((real_logits - 1.0).pow(2).mean() + fake_logits.pow(2).mean())
+
+
+def least_squares_g(fake_logits: Tensor) -> Tensor:
+    """(D(G(z)) - 1)^2 / 2, the generator target c=1."""
+    return 0.5 * (fake_logits - 1.0).pow(2).mean()
+
+
+LOSSES: dict[str, AdversarialLoss] = {
+    loss.name: loss
+    for loss in (
+        AdversarialLoss("non_saturating", non_saturating_d, non_saturating_g),
+        AdversarialLoss("hinge", hinge_d, hinge_g),
+        AdversarialLoss("wasserstein", wasserstein_d, wasserstein_g),
+        AdversarialLoss("least_squares", least_squares_d, least_squares_g),
+    )
+}
+
+
+def get_loss(name: str) -> AdversarialLoss:
+    """Look a loss up by its config name, failing with the list of valid names."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(
+            f"loss.name={name!r} is not a known loss; choose one of {sorted(LOSSES)}"
+        ) from None
+
+
+def discriminator_accuracy(real_logits: Tensor, fake_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Fraction of real samples scored above 0 and of fake samples scored below 0.
+
+    Meaningful for every loss here: all of them push real logits up and fake
+    logits down around 0.
+    """
+    return (real_logits > 0).float().mean(), (fake_logits < 0).float().mean()

@@ -1,0 +1,1 @@
+"""Quality metrics. Plain torch: no Lightning, no Hydra."""

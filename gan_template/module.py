@@ -1,0 +1,320 @@
+"""GANModule: one GAN iteration per ``training_step``, with Lightning's manual optimization.
+
+An iteration (see ``schedule.py``)::
+
+    for each of n_critic real batches:            discriminator phase
+        fake = G(z)              (the last one keeps its graph for the G phase)
+        loss_D = D-loss(D(real), D(fake.detach())) [+ lazy penalty]
+        skip?  -> decided on every rank alike, before the backward (guard.py)
+        backward, all-reduce grads, clip, step D
+    loss_G = G-loss(D(fake))                         generator phase
+    skip?  -> same rule
+    backward, all-reduce grads, clip, step G; step LR schedulers
+
+``training_step`` returns a dict of detached scalars, or ``None`` when the
+iteration was skipped. ``on_train_batch_end`` does the bookkeeping: skip
+accounting, the generator EMA, logging, and the stop at ``max_iterations``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MeanMetric
+
+from gan_template.distributed import all_reduce_gradients, disable_reducer
+from gan_template.ema import GeneratorEMA
+from gan_template.guard import SkipGuard, SkipIteration, TooManySkips
+from gan_template.losses import discriminator_accuracy, get_loss
+from gan_template.penalties import get_penalty
+from gan_template.schedule import StepSchedule
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], LRScheduler]
+
+
+class GANModule(L.LightningModule):
+    """A GAN trained with alternating discriminator and generator updates.
+
+    Args:
+        generator: maps ``(batch, generator.latent_dim)`` noise to samples.
+        discriminator: maps samples to one logit each.
+        optimizer_g / optimizer_d: ``params -> Optimizer`` (Hydra ``_partial_: true``).
+        scheduler_g / scheduler_d: optional ``optimizer -> LRScheduler``, stepped once per iteration.
+        loss: adversarial loss name (``losses.LOSSES``).
+        penalty: discriminator penalty name (``penalties.PENALTIES``) or None.
+        penalty_weight: multiplier of the penalty (WGAN-GP's lambda; R1's gamma/2).
+        schedule: n_critic and the lazy penalty interval.
+        guard: the skip rule and its accounting.
+        gradient_clip_norm: clip each update's gradient norm (unscaled units) to this; None: off.
+        ema_decay: generator EMA decay in [0, 1); None disables the EMA.
+        ema_rampup: EMA horizon ramp (StyleGAN2: 0.05); None disables the ramp.
+        max_iterations: stop after this many generator updates; None: Lightning decides.
+        run_config: the resolved run config, stored in checkpoints so that
+            ``gan_template.sample`` can rebuild the networks.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        optimizer_g: OptimizerFactory,
+        optimizer_d: OptimizerFactory,
+        scheduler_g: SchedulerFactory | None = None,
+        scheduler_d: SchedulerFactory | None = None,
+        loss: str = "non_saturating",
+        penalty: str | None = None,
+        penalty_weight: float = 10.0,
+        schedule: StepSchedule | None = None,
+        guard: SkipGuard | None = None,
+        gradient_clip_norm: float | None = None,
+        ema_decay: float | None = 0.999,
+        ema_rampup: float | None = 0.05,
+        max_iterations: int | None = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.save_hyperparameters({"run_config": dict(run_config or {})})
+
+        self.generator = generator
+        self.discriminator = discriminator
+        self.generator_ema = (
+            GeneratorEMA(generator, ema_decay, ema_rampup) if ema_decay is not None else None
+        )
+        self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
+        self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
+        self.adversarial_loss = get_loss(loss)
+        self.penalty = get_penalty(penalty)
+        self.penalty_weight = penalty_weight
+        self.schedule = schedule or StepSchedule()
+        self.guard = guard or SkipGuard()
+        if gradient_clip_norm is not None and gradient_clip_norm <= 0:
+            raise ValueError(f"optim.gradient_clip_norm={gradient_clip_norm} must be > 0 (or null)")
+        self.gradient_clip_norm = gradient_clip_norm
+        if max_iterations is not None and max_iterations < 1:
+            raise ValueError(f"train.iterations={max_iterations} must be >= 1")
+        self.max_iterations = max_iterations
+
+        # Run state, saved in checkpoints (on_save_checkpoint).
+        self.iteration = 0  # generator updates so far: the run's unit of time
+        self.discriminator_updates = 0  # drives the lazy penalty schedule
+
+        # Epoch aggregates as running means, never as a list of step outputs.
+        self.epoch_accuracy_real = MeanMetric()
+        self.epoch_accuracy_fake = MeanMetric()
+
+        # Per-step scratch, cleared before the step ends.
+        self._pending_skip: tuple[str, str] | None = None  # (reason, phase); never the exception
+        self._grad_norm: Tensor | None = None
+        self._grads_finite = True
+
+    # ---- the algorithm ---------------------------------------------------------------------
+
+    def training_step(self, batch: Any, batch_idx: int) -> STEP_OUTPUT:
+        real = batch[0] if isinstance(batch, (list, tuple)) else batch
+        optimizer_g, optimizer_d = self.optimizers()
+        real_batches = real.chunk(self.schedule.n_critic)
+        metrics: dict[str, Tensor] = {}
+        try:
+            for k, real_k in enumerate(real_batches):
+                # The last critic update's fake batch is reused by the generator
+                # phase, so it is the only one generated with a graph.
+                last = k == len(real_batches) - 1
+                fake = self.generate(real_k.shape[0], keep_graph=last)
+                metrics |= self.discriminator_step(optimizer_d, real_k, fake.detach(), first=k == 0)
+            metrics |= self.generator_step(optimizer_g, fake)
+        except SkipIteration as skip:
+            self._pending_skip = (skip.reason, skip.phase)
+            return None
+        self.iteration += 1
+        for scheduler in self._lr_schedulers():
+            scheduler.step()
+        return metrics
+
+    def discriminator_step(
+        self, optimizer: Optimizer, real: Tensor, fake: Tensor, first: bool
+    ) -> dict[str, Tensor]:
+        """One discriminator update; raises SkipIteration instead of updating."""
+        with self.toggled_optimizer(optimizer):
+            real_logits = self.discriminator(real)
+            fake_logits = self.discriminator(fake)
+            loss = self.adversarial_loss.discriminator(real_logits, fake_logits)
+            accuracy_real, accuracy_fake = discriminator_accuracy(real_logits, fake_logits)
+            metrics = {
+                "d_loss": loss,
+                "d_real": real_logits.mean(),
+                "d_fake": fake_logits.mean(),
+                "d_accuracy_real": accuracy_real,
+                "d_accuracy_fake": accuracy_fake,
+            }
+            total = loss
+            if self.penalty is not None and self.schedule.penalty_due(self.discriminator_updates):
+                penalty = self.penalty(self.discriminator, real, fake)
+                metrics["d_penalty"] = penalty
+                total = total + self.penalty_weight * self.schedule.penalty_scale * penalty
+            if first:
+                total = self.guard.inject(total, self.iteration, self.global_rank)
+            self.guard.check_before_backward(
+                total, metrics, self.iteration, "discriminator", self._reduce_sum
+            )
+            metrics["d_grad_norm"] = self._update(optimizer, total, self.discriminator, "discriminator")
+        self.discriminator_updates += 1
+        return {name: value.detach() for name, value in metrics.items()}
+
+    def generator_step(self, optimizer: Optimizer, fake: Tensor) -> dict[str, Tensor]:
+        """One generator update through the (just updated) discriminator."""
+        with self.toggled_optimizer(optimizer):
+            loss = self.adversarial_loss.generator(self.discriminator(fake))
+            metrics = {"g_loss": loss}
+            self.guard.check_before_backward(
+                loss, metrics, self.iteration, "generator", self._reduce_sum
+            )
+            metrics["g_grad_norm"] = self._update(optimizer, loss, self.generator, "generator")
+        return {name: value.detach() for name, value in metrics.items()}
+
+    # ---- helpers the algorithm reads through -------------------------------------------------
+
+    def sample_latent(self, n: int) -> Tensor:
+        return torch.randn(n, self.generator.latent_dim, device=self.device)
+
+    def generate(self, n: int, keep_graph: bool) -> Tensor:
+        """``n`` samples from the generator, with or without an autograd graph."""
+        with torch.set_grad_enabled(keep_graph):
+            return self.generator(self.sample_latent(n))
+
+    def _update(self, optimizer: Optimizer, loss: Tensor, net: nn.Module, phase: str) -> Tensor:
+        """Backward, average gradients over ranks, clip and step; returns the gradient norm.
+
+        Clipping and the finiteness check run in ``on_before_optimizer_step``,
+        which Lightning calls after the precision plugin has unscaled the
+        gradients (clipping here would see 16-mixed's scaled gradients, #18089).
+        """
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        all_reduce_gradients(net.parameters(), self.trainer.world_size)
+        self._grads_finite = True
+        optimizer.step()
+        grad_norm, self._grad_norm = self._grad_norm, None
+        if not self._grads_finite:
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            raise SkipIteration("amp_overflow" if scaler is not None else "nonfinite_gradient", phase)
+        assert grad_norm is not None
+        return grad_norm
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if self.gradient_clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_norm, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        self._grad_norm = norm.detach()
+        if self.guard.check_gradients and not torch.isfinite(norm):
+            # Gradients are identical on every rank (already averaged), so every
+            # rank takes this branch alike. An optimizer skips parameters whose
+            # grad is None, so this turns the coming step() into a no-op; under
+            # 16-mixed the GradScaler skips it too and lowers its scale.
+            self._grads_finite = False
+            optimizer.zero_grad(set_to_none=True)
+
+    def _reduce_sum(self, tensor: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+
+    def _lr_schedulers(self) -> list[Any]:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return []
+        return schedulers if isinstance(schedulers, list) else [schedulers]
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        disable_reducer(self.trainer.model)
+        if self.max_iterations is not None and self.iteration >= self.max_iterations:
+            self.trainer.should_stop = True
+
+    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
+        skip, self._pending_skip = self._pending_skip, None
+        if skip is None:
+            self.guard.record(None)
+            if self.generator_ema is not None:
+                self.generator_ema.update(self.generator, self.iteration)
+            self.epoch_accuracy_real.update(outputs["d_accuracy_real"])
+            self.epoch_accuracy_fake.update(outputs["d_accuracy_fake"])
+        else:
+            # Lightning turns a None return into {} in manual optimization.
+            assert not outputs, "a skipped iteration must not return metrics"
+            self.guard.record(skip[0])
+
+        if self._logging_step():
+            logged = {f"train/{name}": value for name, value in (outputs or {}).items()}
+            logged["train/skipped"] = float(self.guard.total)
+            logged["step"] = float(self.iteration)  # the loggers' x axis: iterations
+            self.log_dict(logged, on_step=True, on_epoch=False, prog_bar=False)
+
+        if self.guard.limit_reached():
+            raise TooManySkips(
+                f"stopped after {self.guard.consecutive} consecutive skipped iterations at iteration "
+                f"{self.iteration} ({self.guard.describe()}). Training has diverged or a skip "
+                "predicate rejects everything: lower the learning rates, enable "
+                "optim.gradient_clip_norm, or raise skip.max_consecutive. A checkpoint of the last "
+                "good weights was saved (checkpoints/last.ckpt)."
+            )
+        if self.max_iterations is not None and self.iteration >= self.max_iterations:
+            self.trainer.should_stop = True
+
+    def on_train_epoch_end(self) -> None:
+        if self.epoch_accuracy_real.update_count == 0:
+            return
+        self.log_dict(
+            {
+                "epoch/d_accuracy_real": self.epoch_accuracy_real.compute(),
+                "epoch/d_accuracy_fake": self.epoch_accuracy_fake.compute(),
+                "step": float(self.iteration),
+            }
+        )
+        self.epoch_accuracy_real.reset()
+        self.epoch_accuracy_fake.reset()
+
+    def _logging_step(self) -> bool:
+        # Calling self.log costs tens of microseconds per value, which adds up
+        # for small models; log only on the steps Lightning will flush.
+        return self.trainer._logger_connector.should_update_logs
+
+    # ---- optimizers and checkpoints --------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        optimizer_g = self.optimizer_g(self.generator.parameters())
+        optimizer_d = self.optimizer_d(self.discriminator.parameters())
+        schedulers = [
+            factory(optimizer)
+            for factory, optimizer in ((self.scheduler_g, optimizer_g), (self.scheduler_d, optimizer_d))
+            if factory is not None
+        ]
+        return [optimizer_g, optimizer_d], schedulers
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["gan_template"] = {
+            "iteration": self.iteration,
+            "discriminator_updates": self.discriminator_updates,
+            "guard": self.guard.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["gan_template"]
+        self.iteration = state["iteration"]
+        self.discriminator_updates = state["discriminator_updates"]
+        self.guard.load_state_dict(state["guard"])
+
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """The network samples and metrics use: the EMA generator where there is one."""
+        return self.generator_ema.module if self.generator_ema is not None else self.generator

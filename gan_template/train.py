@@ -1,0 +1,109 @@
+"""Build the data, the GAN module and the Trainer from a composed config, then fit.
+
+The only module besides ``__main__`` that knows about Hydra/OmegaConf.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gan_template.guard import SkipGuard
+from gan_template.module import GANModule
+from gan_template.schedule import StepSchedule
+
+log = logging.getLogger(__name__)
+
+# Lightning 2.6 calls a torch.utils._pytree API that newer torch deprecates; the
+# warning is Lightning's to fix and says nothing to users of this template.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+
+
+def build_module(cfg: DictConfig) -> GANModule:
+    """The GANModule a config describes (networks freshly initialised)."""
+    optim = cfg.optim
+    return GANModule(
+        generator=instantiate(cfg.model.generator),
+        discriminator=instantiate(cfg.model.discriminator),
+        optimizer_g=instantiate(optim.generator),
+        optimizer_d=instantiate(optim.discriminator),
+        scheduler_g=instantiate(optim.generator_scheduler) if optim.generator_scheduler else None,
+        scheduler_d=instantiate(optim.discriminator_scheduler) if optim.discriminator_scheduler else None,
+        loss=cfg.loss.name,
+        penalty=cfg.penalty.name,
+        penalty_weight=cfg.penalty.weight,
+        schedule=StepSchedule(n_critic=cfg.train.n_critic, penalty_interval=cfg.penalty.interval),
+        guard=SkipGuard(
+            max_consecutive=cfg.skip.max_consecutive,
+            inject_nonfinite_at=cfg.skip.inject_nonfinite_at,
+            inject_rank=cfg.skip.inject_rank,
+            predicate=instantiate(cfg.skip.predicate) if cfg.skip.predicate else None,
+            check_gradients=cfg.skip.check_gradients,
+        ),
+        gradient_clip_norm=optim.gradient_clip_norm,
+        ema_decay=cfg.ema.decay if cfg.ema.enabled else None,
+        ema_rampup=cfg.ema.rampup,
+        max_iterations=cfg.train.iterations,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def check_shapes(module: GANModule, datamodule: L.LightningDataModule) -> None:
+    """Fail at start-up, naming both values, when networks and data disagree."""
+    data_shape = tuple(datamodule.sample_shape)
+    generated = tuple(module.generator.sample_shape)
+    if data_shape != generated:
+        raise ValueError(
+            f"the generator produces samples of shape {generated} but the data "
+            f"({type(datamodule).__name__}) has samples of shape {data_shape}; "
+            "make model.* sizes match the data (for MLPs: data_dim)"
+        )
+
+
+def resolve_checkpoint(ckpt_path: str | None) -> str | None:
+    if ckpt_path is None:
+        return None
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file, for example "
+            "<run dir>/checkpoints/last.ckpt"
+        )
+    return str(path.resolve())
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train a GAN as ``cfg`` describes; returns the final logged metrics and the run directory."""
+    run_dir = Path(cfg.paths.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"Run directory: {run_dir}", flush=True)
+    ckpt_path = resolve_checkpoint(cfg.ckpt_path)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    module = build_module(cfg)
+    check_shapes(module, datamodule)
+
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(run_dir),
+        # The run length is train.iterations, enforced by the module; Lightning's
+        # own limits count optimizer steps or epochs and are switched off.
+        max_steps=-1,
+        max_epochs=-1,
+        # The data modules shard per rank themselves (data/sampling.py).
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return {"run_dir": str(run_dir), "iteration": module.iteration, "metrics": metrics, "module": module}
