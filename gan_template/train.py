@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from gan_template.guard import SkipGuard
@@ -91,6 +92,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_shapes(module, datamodule)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        # Lightning refuses a progress-bar callback when the bar is disabled.
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(
         cfg.trainer,

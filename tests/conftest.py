@@ -1,0 +1,45 @@
+"""Shared fixtures: composing the real config tree and running real Trainers on it."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from gan_template.__main__ import CONFIG_DIR
+
+REPO_ROOT = CONFIG_DIR.parent
+
+# Small, fast runs: CPU, no progress bar redraws, logs every step.
+FAST = [
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def compose_config(overrides: Sequence[str], run_dir: Path) -> DictConfig:
+    """Compose conf/ as ``python -m gan_template`` would, with the run directory pinned."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"paths.run_dir={run_dir}"])
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    def make(*overrides: str, fast: bool = True, run_dir: Path | None = None) -> DictConfig:
+        return compose_config([*(FAST if fast else []), *overrides], run_dir or tmp_path / "run")
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _quiet_and_single_threaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
+    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,0 +1,68 @@
+"""Test helpers: run a real Trainer from a composed config, and observe it from a callback."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+
+from gan_template.train import train
+
+
+def run(cfg: DictConfig, *extra_callbacks: Callback) -> dict[str, Any]:
+    """``train(cfg)`` with extra callbacks appended to the configured ones."""
+    if not extra_callbacks:
+        return train(cfg)
+    original = L.Trainer.__init__
+
+    def patched(self: L.Trainer, *args: Any, callbacks: list[Callback] | None = None, **kwargs: Any) -> None:
+        original(self, *args, callbacks=[*(callbacks or []), *extra_callbacks], **kwargs)
+
+    L.Trainer.__init__ = patched  # type: ignore[method-assign]
+    try:
+        return train(cfg)
+    finally:
+        L.Trainer.__init__ = original  # type: ignore[method-assign]
+
+
+def snapshot(module: L.LightningModule) -> dict[str, Any]:
+    """Deep copies of every weight and of both optimizers' states."""
+    return {
+        "weights": {k: v.detach().clone() for k, v in module.state_dict().items()},
+        "optimizers": [copy.deepcopy(opt.optimizer.state_dict()) for opt in module.optimizers()],
+    }
+
+
+def same_tensors(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+class StepRecorder(Callback):
+    """Records, for every batch, what ``on_train_batch_end`` received and the state around it."""
+
+    def __init__(self) -> None:
+        self.outputs: list[dict[str, Any]] = []
+        self.unchanged: list[bool] = []
+        self.iterations: list[int] = []
+        self._before: dict[str, Any] | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._before = snapshot(pl_module)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.outputs.append(dict(outputs or {}))
+        self.unchanged.append(same_tensors(self._before, snapshot(pl_module)))
+        self.iterations.append(pl_module.iteration)
+        self._before = None

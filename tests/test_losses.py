@@ -1,0 +1,62 @@
+"""Each adversarial loss against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gan_template.losses import LOSSES, discriminator_accuracy, get_loss
+
+REAL = torch.tensor([2.0, -1.0])
+FAKE = torch.tensor([0.5, -3.0])
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+@pytest.mark.parametrize(
+    ("name", "d_expected", "g_expected"),
+    [
+        (
+            "non_saturating",
+            (softplus(-2.0) + softplus(1.0)) / 2 + (softplus(0.5) + softplus(-3.0)) / 2,
+            (softplus(-0.5) + softplus(3.0)) / 2,
+        ),
+        ("hinge", (0.0 + 2.0) / 2 + (1.5 + 0.0) / 2, -(0.5 - 3.0) / 2),
+        ("wasserstein", (0.5 - 3.0) / 2 - (2.0 - 1.0) / 2, -(0.5 - 3.0) / 2),
+        (
+            "least_squares",
+            0.5 * (((2 - 1) ** 2 + (-1 - 1) ** 2) / 2 + (0.5**2 + 3.0**2) / 2),
+            0.5 * ((0.5 - 1) ** 2 + (-3 - 1) ** 2) / 2,
+        ),
+    ],
+)
+def test_loss_matches_hand_computed_value(name: str, d_expected: float, g_expected: float) -> None:
+    loss = get_loss(name)
+    assert loss.discriminator(REAL, FAKE).item() == pytest.approx(d_expected, rel=1e-6)
+    assert loss.generator(FAKE).item() == pytest.approx(g_expected, rel=1e-6)
+
+
+def test_every_loss_pushes_real_up_and_fake_down() -> None:
+    for loss in LOSSES.values():
+        # Logits of 0.5 sit inside every loss's active region (LSGAN's fake target is 0).
+        real = torch.full((4,), 0.5, requires_grad=True)
+        fake = torch.full((4,), 0.5, requires_grad=True)
+        loss.discriminator(real, fake).backward()
+        assert (real.grad < 0).all() and (fake.grad > 0).all(), loss.name
+        fake_g = torch.full((4,), 0.5, requires_grad=True)
+        loss.generator(fake_g).backward()
+        assert (fake_g.grad < 0).all(), loss.name
+
+
+def test_unknown_loss_names_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"loss.name='nope'.*hinge"):
+        get_loss("nope")
+
+
+def test_discriminator_accuracy() -> None:
+    real_acc, fake_acc = discriminator_accuracy(REAL, FAKE)
+    assert real_acc.item() == 0.5 and fake_acc.item() == 0.5

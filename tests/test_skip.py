@@ -1,0 +1,99 @@
+"""The skip rule: what a skipped iteration does, and does not do, in a real Trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import StepRecorder, run
+
+from gan_template.guard import TooManySkips
+
+
+def test_injected_nonfinite_loss_skips_the_iteration_without_touching_any_state(make_config) -> None:
+    recorder = StepRecorder()
+    result = run(make_config("train.iterations=6", "skip.inject_nonfinite_at=[2,4]"), recorder)
+
+    skipped = [i for i, out in enumerate(recorder.outputs) if not out]
+    assert skipped == [2, 5]  # iteration 2 is attempted at batch 2; iteration 4 at batch 5
+    # A skipped iteration reaches on_train_batch_end as {} and changes no weight,
+    # no EMA weight and no optimizer state; completed ones do change them.
+    assert [recorder.unchanged[i] for i in skipped] == [True, True]
+    assert not any(recorder.unchanged[i] for i in range(len(recorder.outputs)) if i not in skipped)
+    module = result["module"]
+    assert module.iteration == 6 and len(recorder.outputs) == 8
+    assert dict(module.guard.counts) == {"nonfinite_loss": 2}  # counted once each
+    assert module.guard.consecutive == 0
+
+
+def test_completed_iterations_return_detached_scalars(make_config) -> None:
+    recorder = StepRecorder()
+    run(make_config("train.iterations=3", "penalty=gradient_penalty"), recorder)
+    for outputs in recorder.outputs:
+        assert {"d_loss", "g_loss", "d_penalty", "d_grad_norm", "g_grad_norm"} <= outputs.keys()
+        for value in outputs.values():
+            assert isinstance(value, torch.Tensor) and value.dim() == 0
+            assert value.grad_fn is None and not value.requires_grad
+
+
+def reject_iteration_one(metrics: Mapping[str, torch.Tensor], iteration: int) -> bool:
+    return iteration == 1
+
+
+def test_user_predicate_skips_with_its_own_reason(make_config) -> None:
+    cfg = make_config(
+        "train.iterations=3",
+        f"skip.predicate={{_target_: {__name__}.reject_iteration_one, _partial_: true}}",
+        "skip.max_consecutive=3",
+    )
+    recorder = StepRecorder()
+    # Iteration 1 is rejected every time it is attempted: the consecutive limit ends the run.
+    with pytest.raises(TooManySkips, match="3 consecutive skipped iterations at iteration 1"):
+        run(cfg, recorder)
+    assert [bool(o) for o in recorder.outputs] == [True, False, False, False]
+    assert all(recorder.unchanged[1:])
+    # The stop saved a resumable checkpoint of the last good state.
+    saved = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["gan_template"]["iteration"] == 1
+    assert saved["gan_template"]["guard"]["counts"] == {"predicate": 3}
+
+
+class NaNGradient(torch.nn.Module):
+    """Identity forward; NaN gradient backward on chosen calls (a real non-finite gradient)."""
+
+    def __init__(self, poison_calls: set[int]) -> None:
+        super().__init__()
+        self.poison_calls = poison_calls
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls in self.poison_calls and x.requires_grad:
+            x.register_hook(lambda g: torch.full_like(g, float("nan")))
+        return x
+
+
+def test_nonfinite_gradient_skips_the_update_and_keeps_weights_finite(make_config) -> None:
+    from gan_template import train as train_module
+
+    cfg = make_config("train.iterations=4")
+    original = train_module.build_module
+
+    def build_with_poison(cfg):
+        module = original(cfg)
+        # The generator phase's D forward is D call 3 of an iteration (real, fake, then G phase).
+        module.discriminator.net.insert(0, NaNGradient({2 * 3 + 3}))
+        return module
+
+    train_module.build_module = build_with_poison
+    recorder = StepRecorder()
+    try:
+        result = run(cfg, recorder)
+    finally:
+        train_module.build_module = original
+    module = result["module"]
+    assert [bool(o) for o in recorder.outputs] == [True, True, False, True, True]
+    assert dict(module.guard.counts) == {"nonfinite_gradient": 1}
+    assert all(torch.isfinite(p).all() for p in module.parameters())
