@@ -8,8 +8,9 @@ producing the loss" (Lightning issues #20328, #20866), unless
 ``find_unused_parameters=True`` makes it walk the autograd graph after every
 backward.
 
-Instead, :func:`disable_reducer` switches the reducer off once at the start of
-training, and :func:`all_reduce_gradients` averages exactly the gradients of the
+Instead, :func:`disable_reducer` switches the reducer off at the start of every
+``training_step`` (Lightning's ``_DDPForwardRedirection`` switches it back on
+after each step, so once is not enough), and :func:`all_reduce_gradients` averages exactly the gradients of the
 optimizer about to step, in one flat collective. Every rank runs the same
 backwards in the same order (the skip rule guarantees it), so the collectives
 always match. Cost: the all-reduce no longer overlaps the backward pass, which
@@ -38,6 +39,8 @@ def disable_reducer(wrapped_model: nn.Module) -> bool:
     ``require_backward_grad_sync`` is what ``DistributedDataParallel.no_sync()``
     toggles; Lightning's manual-optimization backward checks the same flag
     before preparing the reducer (``lightning.pytorch.overrides.distributed.prepare_for_backward``).
+    Call it inside ``training_step``: Lightning sets the flag back to True
+    after every step (``lightning.pytorch.strategies.ddp._DDPForwardRedirection``).
     """
     if not isinstance(wrapped_model, DistributedDataParallel):
         return False

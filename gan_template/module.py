@@ -119,6 +119,7 @@ class GANModule(L.LightningModule):
     # ---- the algorithm ---------------------------------------------------------------------
 
     def training_step(self, batch: Any, batch_idx: int) -> STEP_OUTPUT:
+        disable_reducer(self.trainer.model)  # gradients are averaged in _update instead
         real = batch[0] if isinstance(batch, (list, tuple)) else batch
         optimizer_g, optimizer_d = self.optimizers()
         real_batches = real.chunk(self.schedule.n_critic)
@@ -237,7 +238,6 @@ class GANModule(L.LightningModule):
     # ---- bookkeeping ---------------------------------------------------------------------
 
     def on_train_start(self) -> None:
-        disable_reducer(self.trainer.model)
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
             self.trainer.should_stop = True
 
@@ -271,13 +271,13 @@ class GANModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self.epoch_accuracy_real.update_count == 0:
             return
-        self.log_dict(
-            {
-                "epoch/d_accuracy_real": self.epoch_accuracy_real.compute(),
-                "epoch/d_accuracy_fake": self.epoch_accuracy_fake.compute(),
-                "step": float(self.iteration),
-            }
-        )
+        # compute() averages over ranks (torchmetrics syncs); every rank calls it.
+        metrics = {
+            "epoch/d_accuracy_real": self.epoch_accuracy_real.compute(),
+            "epoch/d_accuracy_fake": self.epoch_accuracy_fake.compute(),
+        }
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.iteration)
         self.epoch_accuracy_real.reset()
         self.epoch_accuracy_fake.reset()
 

@@ -1,0 +1,46 @@
+"""A callback the DDP tests add through the command line: each rank writes what it saw."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class RankReport(Callback):
+    """Writes ``rank{R}.json`` into the run directory at the end of training."""
+
+    def __init__(self) -> None:
+        self.skipped_batches: list[int] = []
+        self.batches = 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not outputs:
+            self.skipped_batches.append(self.batches)
+        self.batches += 1
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        digest = hashlib.sha256()
+        finite = True
+        for name, param in sorted(pl_module.named_parameters()):
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().numpy().tobytes())
+            finite &= bool(torch.isfinite(param).all())
+        report = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "iteration": pl_module.iteration,
+            "skipped_batches": self.skipped_batches,
+            "skip_counts": dict(pl_module.guard.counts),
+            "weights_sha256": digest.hexdigest(),
+            "weights_finite": finite,
+        }
+        path = Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(report))
