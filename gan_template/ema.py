@@ -31,7 +31,9 @@ class GeneratorEMA(nn.Module):
         rampup: horizon growth per update (StyleGAN2 uses 0.05); None disables the ramp.
     """
 
-    def __init__(self, generator: nn.Module, decay: float = 0.999, rampup: float | None = 0.05) -> None:
+    def __init__(
+        self, generator: nn.Module, decay: float = 0.999, rampup: float | None = 0.05
+    ) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema.decay={decay} must be in [0, 1)")
@@ -58,7 +60,7 @@ class GeneratorEMA(nn.Module):
         current = [p.detach() for p in generator.parameters()]
         torch._foreach_lerp_(averaged, current, weight)
         # Buffers (BatchNorm statistics) are copied, not averaged, as in StyleGAN2.
-        for mine, theirs in zip(self.module.buffers(), generator.buffers()):
+        for mine, theirs in zip(self.module.buffers(), generator.buffers(), strict=False):
             mine.copy_(theirs)
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ POST_BACKWARD_REASONS = ("nonfinite_gradient", "amp_overflow")
 SkipPredicate = Callable[[Mapping[str, Tensor], int], bool]
 
 
-class SkipIteration(Exception):  # noqa: N818  (it is control flow, not an error)
+class SkipIteration(Exception):
     """Raised inside ``training_step`` to abandon the iteration; carries the reason."""
 
     def __init__(self, reason: str, phase: str) -> None:
@@ -116,7 +116,7 @@ class SkipGuard:
             ]
         )
         flags = reduce_sum(flags).tolist()  # the one host sync of the decision
-        for reason, flag in zip(PRE_BACKWARD_REASONS, flags):
+        for reason, flag in zip(PRE_BACKWARD_REASONS, flags, strict=False):
             if flag > 0:
                 raise SkipIteration(reason, phase)
 

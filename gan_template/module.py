@@ -166,7 +166,9 @@ class GANModule(L.LightningModule):
             self.guard.check_before_backward(
                 total, metrics, self.iteration, "discriminator", self._reduce_sum
             )
-            metrics["d_grad_norm"] = self._update(optimizer, total, self.discriminator, "discriminator")
+            metrics["d_grad_norm"] = self._update(
+                optimizer, total, self.discriminator, "discriminator"
+            )
         self.discriminator_updates += 1
         return {name: value.detach() for name, value in metrics.items()}
 
@@ -206,12 +208,16 @@ class GANModule(L.LightningModule):
         grad_norm, self._grad_norm = self._grad_norm, None
         if not self._grads_finite:
             scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-            raise SkipIteration("amp_overflow" if scaler is not None else "nonfinite_gradient", phase)
+            raise SkipIteration(
+                "amp_overflow" if scaler is not None else "nonfinite_gradient", phase
+            )
         assert grad_norm is not None
         return grad_norm
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = [
+            p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+        ]
         grads = [p.grad for p in params]
         if self.gradient_clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_norm, foreach=True)
@@ -314,7 +320,10 @@ class GANModule(L.LightningModule):
         optimizer_d = self.optimizer_d(self.discriminator.parameters())
         schedulers = [
             factory(optimizer)
-            for factory, optimizer in ((self.scheduler_g, optimizer_g), (self.scheduler_d, optimizer_d))
+            for factory, optimizer in (
+                (self.scheduler_g, optimizer_g),
+                (self.scheduler_d, optimizer_d),
+            )
             if factory is not None
         ]
         return [optimizer_g, optimizer_d], schedulers

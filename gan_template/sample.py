@@ -18,27 +18,45 @@ from omegaconf import OmegaConf
 from torch import nn
 
 USAGE = "usage: python -m gan_template.sample ckpt=PATH n=2500 out=FILE.pt [seed=0] [device=cpu] [ema=true]"
-DEFAULTS = {"ckpt": None, "n": 2500, "out": "samples.pt", "seed": 0, "device": "cpu", "ema": True, "batch_size": 1024}
+DEFAULTS = {
+    "ckpt": None,
+    "n": 2500,
+    "out": "samples.pt",
+    "seed": 0,
+    "device": "cpu",
+    "ema": True,
+    "batch_size": 1024,
+}
 
 
 def load_generator(ckpt_path: str | Path, use_ema: bool = True, device: str = "cpu") -> nn.Module:
     """Rebuild the generator from the run config stored in a checkpoint and load its weights."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt={ckpt_path} does not exist; pass a .ckpt from <run dir>/checkpoints/")
+        raise FileNotFoundError(
+            f"ckpt={ckpt_path} does not exist; pass a .ckpt from <run dir>/checkpoints/"
+        )
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     run_config = (checkpoint.get("hyper_parameters") or {}).get("run_config")
     if not run_config:
         raise ValueError(f"{path} has no run config; was it written by gan_template's training?")
     generator: nn.Module = instantiate(OmegaConf.create(run_config).model.generator)
     state = checkpoint["state_dict"]
-    prefix = "generator_ema.module." if use_ema and any(k.startswith("generator_ema.") for k in state) else "generator."
-    generator.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    prefix = (
+        "generator_ema.module."
+        if use_ema and any(k.startswith("generator_ema.") for k in state)
+        else "generator."
+    )
+    generator.load_state_dict(
+        {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    )
     return generator.to(device).eval()
 
 
 @torch.no_grad()
-def sample(generator: nn.Module, n: int, seed: int = 0, batch_size: int = 1024, device: str = "cpu") -> torch.Tensor:
+def sample(
+    generator: nn.Module, n: int, seed: int = 0, batch_size: int = 1024, device: str = "cpu"
+) -> torch.Tensor:
     """``n`` samples on the CPU, from noise drawn with ``seed``."""
     rng = torch.Generator().manual_seed(seed)
     chunks = []
@@ -60,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(argv or sys.argv[1:]))
     unknown = set(args) - set(DEFAULTS)
     if unknown or args.ckpt is None:
-        raise SystemExit(f"{'unknown keys ' + str(sorted(unknown)) + '; ' if unknown else ''}{USAGE}")
+        raise SystemExit(
+            f"{'unknown keys ' + str(sorted(unknown)) + '; ' if unknown else ''}{USAGE}"
+        )
     if int(args.n) < 1:
         raise SystemExit(f"n={args.n} must be >= 1; {USAGE}")
     generator = load_generator(args.ckpt, use_ema=bool(args.ema), device=args.device)

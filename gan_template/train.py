@@ -35,7 +35,9 @@ def build_module(cfg: DictConfig) -> GANModule:
         optimizer_g=instantiate(optim.generator),
         optimizer_d=instantiate(optim.discriminator),
         scheduler_g=instantiate(optim.generator_scheduler) if optim.generator_scheduler else None,
-        scheduler_d=instantiate(optim.discriminator_scheduler) if optim.discriminator_scheduler else None,
+        scheduler_d=instantiate(optim.discriminator_scheduler)
+        if optim.discriminator_scheduler
+        else None,
         loss=cfg.loss.name,
         penalty=cfg.penalty.name,
         penalty_weight=cfg.penalty.weight,
@@ -110,4 +112,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return {"run_dir": str(run_dir), "iteration": module.iteration, "metrics": metrics, "module": module}
+    return {
+        "run_dir": str(run_dir),
+        "iteration": module.iteration,
+        "metrics": metrics,
+        "module": module,
+    }

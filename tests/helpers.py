@@ -19,7 +19,9 @@ def run(cfg: DictConfig, *extra_callbacks: Callback) -> dict[str, Any]:
         return train(cfg)
     original = L.Trainer.__init__
 
-    def patched(self: L.Trainer, *args: Any, callbacks: list[Callback] | None = None, **kwargs: Any) -> None:
+    def patched(
+        self: L.Trainer, *args: Any, callbacks: list[Callback] | None = None, **kwargs: Any
+    ) -> None:
         original(self, *args, callbacks=[*(callbacks or []), *extra_callbacks], **kwargs)
 
     L.Trainer.__init__ = patched  # type: ignore[method-assign]
@@ -43,7 +45,7 @@ def same_tensors(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b, strict=False))
     return a == b
 
 
@@ -56,11 +58,18 @@ class StepRecorder(Callback):
         self.iterations: list[int] = []
         self._before: dict[str, Any] | None = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._before = snapshot(pl_module)
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         self.outputs.append(dict(outputs or {}))
         self.unchanged.append(same_tensors(self._before, snapshot(pl_module)))

@@ -40,5 +40,7 @@ def test_every_yaml_file_starts_with_a_comment_saying_what_it_configures() -> No
 
 def test_mismatched_data_and_network_shapes_fail_at_start_naming_both(make_config) -> None:
     cfg = make_config("train.iterations=1", "model.generator.data_dim=3")
-    with pytest.raises(ValueError, match=r"generator produces samples of shape \(3,\).*shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"generator produces samples of shape \(3,\).*shape \(2,\)"
+    ):
         run(cfg)

@@ -15,20 +15,31 @@ pytestmark = pytest.mark.ddp
 
 
 def run_ddp(run_dir: Path, *overrides: str, timeout: float = 240) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO_ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     command = [
         sys.executable, "-m", "gan_template", "trainer=ddp_cpu", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1", "+callbacks.rank_report._target_=ddp_probe.RankReport",
         f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
     # A rank that skips a backward the other runs hangs in the all-reduce: the timeout turns that into a failure.
-    completed = subprocess.run(command, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
+    completed = subprocess.run(
+        command, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return [json.loads((run_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def test_two_ranks_train_without_find_unused_parameters_and_stay_identical(tmp_path: Path) -> None:
-    reports = run_ddp(tmp_path / "run", "train.iterations=12", "train.n_critic=2", "penalty=r1", "penalty.interval=4")
+    reports = run_ddp(
+        tmp_path / "run",
+        "train.iterations=12",
+        "train.n_critic=2",
+        "penalty=r1",
+        "penalty.interval=4",
+    )
     assert [r["world_size"] for r in reports] == [2, 2]
     assert [r["iteration"] for r in reports] == [12, 12]
     assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
@@ -36,7 +47,10 @@ def test_two_ranks_train_without_find_unused_parameters_and_stay_identical(tmp_p
 
 def test_a_nonfinite_loss_on_rank_1_only_is_skipped_by_both_ranks(tmp_path: Path) -> None:
     reports = run_ddp(
-        tmp_path / "run", "train.iterations=10", "skip.inject_nonfinite_at=[3,7]", "skip.inject_rank=1"
+        tmp_path / "run",
+        "train.iterations=10",
+        "skip.inject_nonfinite_at=[3,7]",
+        "skip.inject_rank=1",
     )
     for report in reports:
         assert report["iteration"] == 10

@@ -29,7 +29,9 @@ class WatchStepTensors(Callback):
 
         pl_module.generate = generate
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # The previous step's on_train_batch_end has run: its tensors must be gone.
         gc.collect()
         self.alive_after_step.append(sum(ref() is not None for ref in self.refs))
@@ -39,6 +41,9 @@ class WatchStepTensors(Callback):
 def test_fake_batches_and_their_graphs_die_with_the_step(make_config) -> None:
     watcher = WatchStepTensors()
     # Injected skips leave the step through the exception path: it must not leak either.
-    run(make_config("train.iterations=6", "train.n_critic=2", "skip.inject_nonfinite_at=[1,3]"), watcher)
+    run(
+        make_config("train.iterations=6", "train.n_critic=2", "skip.inject_nonfinite_at=[1,3]"),
+        watcher,
+    )
     assert len(watcher.alive_after_step) == 8
     assert watcher.alive_after_step == [0] * 8

@@ -13,7 +13,9 @@ from helpers import StepRecorder, run
 def test_run_stops_after_exactly_n_generator_updates(make_config, n_critic: int) -> None:
     recorder = StepRecorder()
     result = run(
-        make_config("train.iterations=7", f"train.n_critic={n_critic}", "skip.inject_nonfinite_at=[3]"),
+        make_config(
+            "train.iterations=7", f"train.n_critic={n_critic}", "skip.inject_nonfinite_at=[3]"
+        ),
         recorder,
     )
     module, trainer = result["module"], result["module"].trainer
@@ -41,7 +43,9 @@ def test_n_critic_feeds_each_critic_update_a_fresh_real_batch(make_config) -> No
 
 
 def test_checkpoints_are_numbered_by_iteration(make_config) -> None:
-    cfg = make_config("train.iterations=6", "train.n_critic=2", "callbacks.checkpoint.every_n_iterations=2")
+    cfg = make_config(
+        "train.iterations=6", "train.n_critic=2", "callbacks.checkpoint.every_n_iterations=2"
+    )
     run(cfg)
     names = sorted(p.name for p in (Path(cfg.paths.run_dir) / "checkpoints").iterdir())
     assert names == ["iter0000002.ckpt", "iter0000004.ckpt", "iter0000006.ckpt", "last.ckpt"]

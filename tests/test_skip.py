@@ -12,7 +12,9 @@ from helpers import StepRecorder, run
 from gan_template.guard import TooManySkips
 
 
-def test_injected_nonfinite_loss_skips_the_iteration_without_touching_any_state(make_config) -> None:
+def test_injected_nonfinite_loss_skips_the_iteration_without_touching_any_state(
+    make_config,
+) -> None:
     recorder = StepRecorder()
     result = run(make_config("train.iterations=6", "skip.inject_nonfinite_at=[2,4]"), recorder)
 

@@ -43,4 +43,6 @@ def test_samples_between_modes_are_not_high_quality() -> None:
 def test_no_high_quality_sample_gives_infinite_kl() -> None:
     modes, std = mixture_modes("grid")
     result = mode_coverage(torch.full((10, 2), 100.0), modes, std)
-    assert result.modes_captured == 0 and result.high_quality == 0.0 and math.isinf(result.reverse_kl)
+    assert (
+        result.modes_captured == 0 and result.high_quality == 0.0 and math.isinf(result.reverse_kl)
+    )

@@ -29,7 +29,9 @@ class IterationCheckpoint(Callback):
         keep_last_n: numbered checkpoints to keep (oldest deleted first); 0 keeps all.
     """
 
-    def __init__(self, every_n_iterations: int = 1000, dirpath: str | None = None, keep_last_n: int = 0) -> None:
+    def __init__(
+        self, every_n_iterations: int = 1000, dirpath: str | None = None, keep_last_n: int = 0
+    ) -> None:
         if every_n_iterations < 0 or keep_last_n < 0:
             raise ValueError("checkpoint every_n_iterations and keep_last_n must be >= 0")
         self.every_n_iterations = every_n_iterations
@@ -45,7 +47,12 @@ class IterationCheckpoint(Callback):
         return self.directory(trainer) / "last.ckpt"
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         iteration = pl_module.iteration
         if (
@@ -61,7 +68,9 @@ class IterationCheckpoint(Callback):
             self._save(trainer, pl_module.iteration, numbered=False)
         rank_zero_info(f"Last checkpoint: {self.last_path(trainer)}")
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         # Save only where every rank is known to be here: a too-many-skips stop is
         # decided identically on all ranks; an interrupt in a single process is
         # safe. Anything else may have hit one rank only, and the save's barrier

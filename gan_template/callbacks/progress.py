@@ -27,7 +27,12 @@ class IterationProgressBar(TQDMProgressBar):
         self.train_progress_bar.set_description(f"Iterations (epoch {trainer.current_epoch})")
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         bar = self.train_progress_bar
         if self._should_update(pl_module.iteration, bar.total) and not bar.disable:

@@ -29,7 +29,11 @@ class ToyMixtureEvaluation(Callback):
     """
 
     def __init__(
-        self, every_n_iterations: int = 500, num_samples: int = 2500, save_plots: bool = True, seed: int = 1234
+        self,
+        every_n_iterations: int = 500,
+        num_samples: int = 2500,
+        save_plots: bool = True,
+        seed: int = 1234,
     ) -> None:
         self.every_n_iterations = every_n_iterations
         self.num_samples = num_samples
@@ -39,10 +43,19 @@ class ToyMixtureEvaluation(Callback):
         self.result: ModeCoverage | None = None
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         iteration = pl_module.iteration
-        if self.every_n_iterations and iteration % self.every_n_iterations == 0 and iteration != self.last_evaluated:
+        if (
+            self.every_n_iterations
+            and iteration % self.every_n_iterations == 0
+            and iteration != self.last_evaluated
+        ):
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -50,7 +63,9 @@ class ToyMixtureEvaluation(Callback):
             self.evaluate(trainer, pl_module)
         if self.result is not None and trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / "toy_metrics.json"
-            path.write_text(json.dumps({"iteration": pl_module.iteration, **self.result.as_dict()}, indent=2))
+            path.write_text(
+                json.dumps({"iteration": pl_module.iteration, **self.result.as_dict()}, indent=2)
+            )
             r = self.result
             rank_zero_info(
                 f"Mode coverage at iteration {pl_module.iteration}: {r.modes_captured}/{r.num_modes} modes, "
@@ -64,7 +79,9 @@ class ToyMixtureEvaluation(Callback):
         was_training = generator.training
         generator.eval()
         noise = torch.randn(
-            self.num_samples, generator.latent_dim, generator=torch.Generator().manual_seed(self.seed)
+            self.num_samples,
+            generator.latent_dim,
+            generator=torch.Generator().manual_seed(self.seed),
         )
         samples = generator(noise.to(pl_module.device)).float().cpu()
         generator.train(was_training)
@@ -79,10 +96,14 @@ class ToyMixtureEvaluation(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=pl_module.iteration)
         if self.save_plots and trainer.is_global_zero:
-            self._plot(samples, datamodule.modes, Path(trainer.default_root_dir), pl_module.iteration)
+            self._plot(
+                samples, datamodule.modes, Path(trainer.default_root_dir), pl_module.iteration
+            )
         return self.result
 
-    def _plot(self, samples: torch.Tensor, modes: torch.Tensor, run_dir: Path, iteration: int) -> None:
+    def _plot(
+        self, samples: torch.Tensor, modes: torch.Tensor, run_dir: Path, iteration: int
+    ) -> None:
         import matplotlib
 
         matplotlib.use("Agg")

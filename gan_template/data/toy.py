@@ -66,7 +66,9 @@ class ToyMixtureDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if self.dataset is None:
-            points = sample_mixture(self.name, self.num_samples, torch.Generator().manual_seed(self.data_seed))
+            points = sample_mixture(
+                self.name, self.num_samples, torch.Generator().manual_seed(self.data_seed)
+            )
             self.dataset = TensorDataset(points)
 
     def train_dataloader(self) -> DataLoader:

@@ -25,10 +25,14 @@ class ModeCoverage:
         return {k: float(v) for k, v in asdict(self).items()}
 
 
-def mode_coverage(samples: Tensor, modes: Tensor, std: float, radius_in_std: float = 3.0) -> ModeCoverage:
+def mode_coverage(
+    samples: Tensor, modes: Tensor, std: float, radius_in_std: float = 3.0
+) -> ModeCoverage:
     """Score ``samples`` (n, d) against mixture ``modes`` (k, d) with per-mode ``std``."""
     if samples.dim() != 2 or samples.shape[1] != modes.shape[1]:
-        raise ValueError(f"samples must have shape (n, {modes.shape[1]}), got {tuple(samples.shape)}")
+        raise ValueError(
+            f"samples must have shape (n, {modes.shape[1]}), got {tuple(samples.shape)}"
+        )
     samples = samples.detach().to(torch.float64)
     modes = modes.to(samples.device, torch.float64)
     distances = torch.cdist(samples, modes)  # (n, k)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-def _mlp(in_dim: int, hidden_dim: int, depth: int, out_dim: int, activation: type[nn.Module]) -> nn.Sequential:
+def _mlp(
+    in_dim: int, hidden_dim: int, depth: int, out_dim: int, activation: type[nn.Module]
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = in_dim
     for _ in range(depth):
@@ -18,7 +20,9 @@ def _mlp(in_dim: int, hidden_dim: int, depth: int, out_dim: int, activation: typ
 class MLPGenerator(nn.Module):
     """z ~ N(0, I) in ``latent_dim`` dimensions -> a point in ``data_dim`` dimensions."""
 
-    def __init__(self, latent_dim: int = 2, hidden_dim: int = 128, depth: int = 3, data_dim: int = 2) -> None:
+    def __init__(
+        self, latent_dim: int = 2, hidden_dim: int = 128, depth: int = 3, data_dim: int = 2
+    ) -> None:
         super().__init__()
         if min(latent_dim, hidden_dim, depth, data_dim) < 1:
             raise ValueError(
@@ -41,7 +45,9 @@ class MLPDiscriminator(nn.Module):
     be divisible by ``pack`` and one logit is returned per pack.
     """
 
-    def __init__(self, data_dim: int = 2, hidden_dim: int = 128, depth: int = 3, pack: int = 1) -> None:
+    def __init__(
+        self, data_dim: int = 2, hidden_dim: int = 128, depth: int = 3, pack: int = 1
+    ) -> None:
         super().__init__()
         if min(data_dim, hidden_dim, depth, pack) < 1:
             raise ValueError(
@@ -53,7 +59,9 @@ class MLPDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[0] % self.pack:
-            raise ValueError(f"batch of {x.shape[0]} is not divisible by model.discriminator.pack={self.pack}")
+            raise ValueError(
+                f"batch of {x.shape[0]} is not divisible by model.discriminator.pack={self.pack}"
+            )
         return self.net(x.reshape(x.shape[0] // self.pack, -1)).squeeze(-1)
 
 
