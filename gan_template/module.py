@@ -19,6 +19,7 @@ accounting, the generator EMA, logging, and the stop at ``max_iterations``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -120,18 +121,20 @@ class GANModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> STEP_OUTPUT:
         disable_reducer(self.trainer.model)  # gradients are averaged in _update instead
-        real = batch[0] if isinstance(batch, (list, tuple)) else batch
+        real, labels = self.unpack(batch)
         optimizer_g, optimizer_d = self.optimizers()
-        real_batches = real.chunk(self.schedule.n_critic)
+        n_critic = self.schedule.n_critic
+        real_batches = real.chunk(n_critic)
+        label_batches = labels.chunk(n_critic) if labels is not None else [None] * n_critic
         metrics: dict[str, Tensor] = {}
         try:
-            for k, real_k in enumerate(real_batches):
+            for k, (real_k, labels_k) in enumerate(zip(real_batches, label_batches, strict=True)):
                 # The last critic update's fake batch is reused by the generator
                 # phase, so it is the only one generated with a graph.
-                last = k == len(real_batches) - 1
-                fake = self.generate(real_k.shape[0], keep_graph=last)
-                metrics |= self.discriminator_step(optimizer_d, real_k, fake.detach(), first=k == 0)
-            metrics |= self.generator_step(optimizer_g, fake)
+                last = k == n_critic - 1
+                fake = self.generate(real_k.shape[0], keep_graph=last, labels=labels_k)
+                metrics |= self.discriminator_step(optimizer_d, real_k, fake.detach(), labels_k, first=k == 0)
+            metrics |= self.generator_step(optimizer_g, fake, labels_k)
         except SkipIteration as skip:
             self._pending_skip = (skip.reason, skip.phase)
             return None
@@ -141,12 +144,12 @@ class GANModule(L.LightningModule):
         return metrics
 
     def discriminator_step(
-        self, optimizer: Optimizer, real: Tensor, fake: Tensor, first: bool
+        self, optimizer: Optimizer, real: Tensor, fake: Tensor, labels: Tensor | None, first: bool
     ) -> dict[str, Tensor]:
         """One discriminator update; raises SkipIteration instead of updating."""
         with self.toggled_optimizer(optimizer):
-            real_logits = self.discriminator(real)
-            fake_logits = self.discriminator(fake)
+            real_logits = self.critic(real, labels)
+            fake_logits = self.critic(fake, labels)
             loss = self.adversarial_loss.discriminator(real_logits, fake_logits)
             accuracy_real, accuracy_fake = discriminator_accuracy(real_logits, fake_logits)
             metrics = {
@@ -158,7 +161,7 @@ class GANModule(L.LightningModule):
             }
             total = loss
             if self.penalty is not None and self.schedule.penalty_due(self.discriminator_updates):
-                penalty = self.penalty(self.discriminator, real, fake)
+                penalty = self.penalty(partial(self.critic, labels=labels), real, fake)
                 metrics["d_penalty"] = penalty
                 total = total + self.penalty_weight * self.schedule.penalty_scale * penalty
             if first:
@@ -166,16 +169,14 @@ class GANModule(L.LightningModule):
             self.guard.check_before_backward(
                 total, metrics, self.iteration, "discriminator", self._reduce_sum
             )
-            metrics["d_grad_norm"] = self._update(
-                optimizer, total, self.discriminator, "discriminator"
-            )
+            metrics["d_grad_norm"] = self._update(optimizer, total, self.discriminator, "discriminator")
         self.discriminator_updates += 1
         return {name: value.detach() for name, value in metrics.items()}
 
-    def generator_step(self, optimizer: Optimizer, fake: Tensor) -> dict[str, Tensor]:
+    def generator_step(self, optimizer: Optimizer, fake: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         """One generator update through the (just updated) discriminator."""
         with self.toggled_optimizer(optimizer):
-            loss = self.adversarial_loss.generator(self.discriminator(fake))
+            loss = self.adversarial_loss.generator(self.critic(fake, labels))
             metrics = {"g_loss": loss}
             self.guard.check_before_backward(
                 loss, metrics, self.iteration, "generator", self._reduce_sum
@@ -185,13 +186,31 @@ class GANModule(L.LightningModule):
 
     # ---- helpers the algorithm reads through -------------------------------------------------
 
+    @property
+    def conditional(self) -> bool:
+        """Whether the networks take class labels (``num_classes > 0`` on the generator)."""
+        return getattr(self.generator, "num_classes", 0) > 0
+
+    def unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        """``(real, labels)``; labels only when the networks are class-conditional."""
+        if not isinstance(batch, (list, tuple)):
+            return batch, None
+        if self.conditional and len(batch) < 2:
+            raise ValueError("the networks are class-conditional but the data has no labels")
+        return batch[0], batch[1] if self.conditional else None
+
+    def critic(self, samples: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The discriminator's logits, with labels when it is conditional."""
+        return self.discriminator(samples) if labels is None else self.discriminator(samples, labels)
+
     def sample_latent(self, n: int) -> Tensor:
         return torch.randn(n, self.generator.latent_dim, device=self.device)
 
-    def generate(self, n: int, keep_graph: bool) -> Tensor:
+    def generate(self, n: int, keep_graph: bool, labels: Tensor | None = None) -> Tensor:
         """``n`` samples from the generator, with or without an autograd graph."""
         with torch.set_grad_enabled(keep_graph):
-            return self.generator(self.sample_latent(n))
+            z = self.sample_latent(n)
+            return self.generator(z) if labels is None else self.generator(z, labels)
 
     def _update(self, optimizer: Optimizer, loss: Tensor, net: nn.Module, phase: str) -> Tensor:
         """Backward, average gradients over ranks, clip and step; returns the gradient norm.
@@ -333,6 +352,7 @@ class GANModule(L.LightningModule):
             "iteration": self.iteration,
             "discriminator_updates": self.discriminator_updates,
             "guard": self.guard.state_dict(),
+            "num_classes": getattr(self.generator, "num_classes", 0),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -40,7 +40,13 @@ def load_generator(ckpt_path: str | Path, use_ema: bool = True, device: str = "c
     run_config = (checkpoint.get("hyper_parameters") or {}).get("run_config")
     if not run_config:
         raise ValueError(f"{path} has no run config; was it written by gan_template's training?")
-    generator: nn.Module = instantiate(OmegaConf.create(run_config).model.generator)
+    cfg = OmegaConf.create(run_config)
+    num_classes = checkpoint["gan_template"].get("num_classes", 0)
+    generator: nn.Module = (
+        instantiate(cfg.model.generator, num_classes=num_classes)
+        if cfg.model.get("conditional", False)
+        else instantiate(cfg.model.generator)
+    )
     state = checkpoint["state_dict"]
     prefix = (
         "generator_ema.module."
@@ -53,6 +59,11 @@ def load_generator(ckpt_path: str | Path, use_ema: bool = True, device: str = "c
     return generator.to(device).eval()
 
 
+def data_scale(ckpt_path: str | Path) -> float:
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return float(checkpoint["hyper_parameters"]["run_config"]["data"].get("scale", 1.0))
+
+
 @torch.no_grad()
 def sample(
     generator: nn.Module, n: int, seed: int = 0, batch_size: int = 1024, device: str = "cpu"
@@ -61,8 +72,14 @@ def sample(
     rng = torch.Generator().manual_seed(seed)
     chunks = []
     for start in range(0, n, batch_size):
-        z = torch.randn(min(batch_size, n - start), generator.latent_dim, generator=rng)
-        chunks.append(generator(z.to(device)).float().cpu())
+        size = min(batch_size, n - start)
+        z = torch.randn(size, generator.latent_dim, generator=rng).to(device)
+        if getattr(generator, "num_classes", 0):
+            # Class-conditional: classes in turn, so every class is represented equally.
+            labels = (torch.arange(start, start + size) % generator.num_classes).to(device)
+            chunks.append(generator(z, labels).float().cpu())
+        else:
+            chunks.append(generator(z).float().cpu())
     return torch.cat(chunks)
 
 
@@ -85,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"n={args.n} must be >= 1; {USAGE}")
     generator = load_generator(args.ckpt, use_ema=bool(args.ema), device=args.device)
     samples = sample(generator, int(args.n), int(args.seed), int(args.batch_size), args.device)
+    # Toy data may be trained at a reduced scale (data.scale): return original units.
+    samples = samples * data_scale(args.ckpt)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(samples, out)

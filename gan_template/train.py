@@ -14,6 +14,7 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from gan_template.guard import SkipGuard
 from gan_template.module import GANModule
@@ -26,12 +27,28 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
-def build_module(cfg: DictConfig) -> GANModule:
+def build_networks(cfg: DictConfig, num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Generator and discriminator; class-conditional when ``model.conditional`` is true."""
+    if not cfg.model.get("conditional", False):
+        return instantiate(cfg.model.generator), instantiate(cfg.model.discriminator)
+    if num_classes < 1:
+        raise ValueError(
+            f"model.conditional=true needs labelled data, but data.name={cfg.data.get('name')} "
+            "has no class labels; set model.conditional=false"
+        )
+    return (
+        instantiate(cfg.model.generator, num_classes=num_classes),
+        instantiate(cfg.model.discriminator, num_classes=num_classes),
+    )
+
+
+def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
     """The GANModule a config describes (networks freshly initialised)."""
     optim = cfg.optim
+    generator, discriminator = build_networks(cfg, num_classes)
     return GANModule(
-        generator=instantiate(cfg.model.generator),
-        discriminator=instantiate(cfg.model.discriminator),
+        generator=generator,
+        discriminator=discriminator,
         optimizer_g=instantiate(optim.generator),
         optimizer_d=instantiate(optim.discriminator),
         scheduler_g=instantiate(optim.generator_scheduler) if optim.generator_scheduler else None,
@@ -65,7 +82,8 @@ def check_shapes(module: GANModule, datamodule: L.LightningDataModule) -> None:
         raise ValueError(
             f"the generator produces samples of shape {generated} but the data "
             f"({type(datamodule).__name__}) has samples of shape {data_shape}; "
-            "make model.* sizes match the data (for MLPs: data_dim)"
+            "make model.* sizes match the data (images: model.*.channels/resolution follow "
+            "data.channels/data.resolution unless overridden; MLPs: data_dim)"
         )
 
 
@@ -90,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
-    module = build_module(cfg)
+    module = build_module(cfg, num_classes=getattr(datamodule, "num_classes", 0))
     check_shapes(module, datamodule)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]

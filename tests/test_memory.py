@@ -22,8 +22,8 @@ class WatchStepTensors(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         original = pl_module.generate
 
-        def generate(n: int, keep_graph: bool) -> torch.Tensor:
-            fake = original(n, keep_graph)
+        def generate(n: int, keep_graph: bool, labels: torch.Tensor | None = None) -> torch.Tensor:
+            fake = original(n, keep_graph, labels)
             self.refs.append(weakref.ref(fake))
             return fake
 

@@ -1,0 +1,158 @@
+"""FID, KID and class coverage of generated images, during training and at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from gan_template.metrics.images import FeatureExtractor, class_coverage, fid_kid, load_or_train_classifier, to_unit_range
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GAN_TEMPLATE_CACHE", Path.home() / ".cache" / "gan_template"))
+
+
+class ImageQualityEvaluation(Callback):
+    """Every ``every_n_iterations`` (and at the end): FID, KID and class coverage of the EMA generator.
+
+    Args:
+        every_n_iterations: evaluation period in iterations; 0 evaluates at the end only.
+        num_samples: generated (and real) images per evaluation.
+        feature_extractor: ``classifier`` (offline: a small CNN trained on the
+            dataset's labelled images, cached under ``cache_dir``) or ``inception``
+            (torchmetrics' Inception-v3; needs ``pip install torch-fidelity`` and
+            internet on first use; FIDs comparable with papers).
+        kid_subset_size: KID subset size (capped at ``num_samples``).
+        confidence: classifier confidence for class coverage.
+        cache_dir: where the offline classifier is cached (default
+            ``$GAN_TEMPLATE_CACHE`` or ``~/.cache/gan_template``).
+        seed: seed of the evaluation noise and of the real subset.
+    """
+
+    def __init__(
+        self,
+        every_n_iterations: int = 1000,
+        num_samples: int = 1000,
+        feature_extractor: str = "classifier",
+        kid_subset_size: int = 500,
+        confidence: float = 0.9,
+        cache_dir: str | None = None,
+        seed: int = 2024,
+    ) -> None:
+        if feature_extractor not in ("classifier", "inception"):
+            raise ValueError(
+                f"feature_extractor={feature_extractor!r} must be 'classifier' (offline) or 'inception'"
+            )
+        self.every_n_iterations = every_n_iterations
+        self.num_samples = num_samples
+        self.feature_extractor = feature_extractor
+        self.kid_subset_size = kid_subset_size
+        self.confidence = confidence
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.seed = seed
+        self.last_evaluated = -1
+        self.result: dict[str, float] | None = None
+        self._classifier: nn.Module | None = None
+        self._extractor: nn.Module | None = None
+        self._real: tuple[Tensor, Tensor] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if not getattr(datamodule, "num_classes", 0):
+            rank_zero_info("ImageQualityEvaluation: the data has no class labels; class coverage is off")
+
+    def _prepare(self, trainer: L.Trainer) -> None:
+        if self._real is not None:
+            return
+        datamodule = trainer.datamodule
+        self._real = datamodule.real_samples(self.num_samples, seed=self.seed)
+        if datamodule.num_classes:
+            name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_v1.pt"
+            # The classifier trains on the full labelled set (its own held-out split inside).
+            images, labels = datamodule.real_samples(len(datamodule.dataset), seed=0)
+            classifier, accuracy = load_or_train_classifier(self.cache_dir / name, images, labels, datamodule.num_classes)
+            rank_zero_info(f"Offline classifier for metrics: held-out accuracy {accuracy:.3f}")
+            self._classifier = classifier
+            counts = torch.bincount(labels, minlength=datamodule.num_classes).double()
+            self._data_class_probs = counts / counts.sum()
+        if self.feature_extractor == "inception":
+            self._extractor = _InceptionFeatures()
+        elif self._classifier is not None:
+            self._extractor = FeatureExtractor(self._classifier)
+        else:
+            raise ValueError(
+                "feature_extractor=classifier needs labelled data; use a labelled dataset or "
+                "feature_extractor=inception (pip install torch-fidelity; needs internet once)"
+            )
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        iteration = pl_module.iteration
+        if self.every_n_iterations and iteration % self.every_n_iterations == 0 and iteration != self.last_evaluated:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.iteration != self.last_evaluated:
+            self.evaluate(trainer, pl_module)
+        if self.result is not None and trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / "image_metrics.json"
+            path.write_text(json.dumps({"iteration": pl_module.iteration, **self.result}, indent=2))
+            summary = ", ".join(f"{k} {v:.4g}" for k, v in self.result.items())
+            rank_zero_info(f"Image metrics at iteration {pl_module.iteration}: {summary} ({path})")
+
+    @torch.no_grad()
+    def generate(self, pl_module: L.LightningModule, labels: Tensor) -> Tensor:
+        generator = pl_module.sampling_generator
+        rng = torch.Generator().manual_seed(self.seed)
+        was_training = generator.training
+        generator.eval()
+        chunks = []
+        for label_chunk in labels.split(250):
+            z = torch.randn(len(label_chunk), generator.latent_dim, generator=rng).to(pl_module.device)
+            if pl_module.conditional:
+                chunks.append(generator(z, label_chunk.to(pl_module.device)).float().cpu())
+            else:
+                chunks.append(generator(z).float().cpu())
+        generator.train(was_training)
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        self.last_evaluated = pl_module.iteration
+        self._prepare(trainer)
+        assert self._real is not None and self._extractor is not None
+        real_images, real_labels = self._real
+        fake = self.generate(pl_module, real_labels)
+        result = fid_kid(self._extractor, real_images, fake, self.kid_subset_size)
+        if self._classifier is not None:
+            coverage = class_coverage(self._classifier(to_unit_range(fake)), self._data_class_probs, self.confidence)
+            result |= coverage.as_dict()
+        self.result = result
+        for logger in trainer.loggers:
+            logger.log_metrics({f"image/{k}": v for k, v in result.items()}, step=pl_module.iteration)
+        return result
+
+
+class _InceptionFeatures(nn.Module):
+    """torchmetrics' Inception-v3 pool features (2048-d) for images in [0, 1], grey made RGB."""
+
+    num_features = 2048
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+
+    def forward(self, images01: Tensor) -> Tensor:
+        images = (images01.expand(-1, 3, -1, -1) * 255).to(torch.uint8)
+        return self.inception(images)

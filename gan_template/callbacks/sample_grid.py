@@ -1,0 +1,70 @@
+"""A grid of samples from fixed noise, every N iterations and at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchvision.utils import make_grid, save_image
+
+
+class SampleGrid(Callback):
+    """Renders ``rows x columns`` samples of the EMA generator (eval mode, no grad) to PNG.
+
+    The noise is fixed for the whole run (its own seed, never the training
+    RNG), so successive grids show the same latent points evolving. When the
+    generator is class-conditional, row ``r`` shows class ``r % num_classes``.
+
+    Files: ``<run dir>/samples/grid_iterNNNNNNN.png`` and ``grid_last.png``; the
+    grid also goes to TensorBoard when that logger is on.
+    """
+
+    def __init__(self, every_n_iterations: int = 500, rows: int = 10, columns: int = 10, seed: int = 4321) -> None:
+        self.every_n_iterations = every_n_iterations
+        self.rows = rows
+        self.columns = columns
+        self.seed = seed
+        self.last_rendered = -1
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        iteration = pl_module.iteration
+        if self.every_n_iterations and iteration % self.every_n_iterations == 0 and iteration != self.last_rendered:
+            self.render(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.iteration != self.last_rendered:
+            self.render(trainer, pl_module)
+
+    @torch.no_grad()
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        self.last_rendered = pl_module.iteration
+        if not trainer.is_global_zero:
+            return None
+        generator = pl_module.sampling_generator
+        n = self.rows * self.columns
+        rng = torch.Generator().manual_seed(self.seed)
+        z = torch.randn(n, generator.latent_dim, generator=rng).to(pl_module.device)
+        was_training = generator.training
+        generator.eval()
+        if pl_module.conditional:
+            labels = (torch.arange(n) // self.columns % generator.num_classes).to(pl_module.device)
+            images = generator(z, labels)
+        else:
+            images = generator(z)
+        generator.train(was_training)
+        grid = make_grid(images.float().cpu(), nrow=self.columns, normalize=True, value_range=(-1.0, 1.0), pad_value=1.0)
+        directory = Path(trainer.default_root_dir) / "samples"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"grid_iter{pl_module.iteration:07d}.png"
+        save_image(grid, path)
+        save_image(grid, directory / "grid_last.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples", grid, pl_module.iteration)
+        return path

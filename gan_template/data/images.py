@@ -1,0 +1,210 @@
+"""Image data: an embedded default dataset and the torchvision datasets users expect.
+
+``digits`` (the default) is scikit-learn's copy of the UCI optical handwritten
+digits (Alpaydin & Kaynak, 1998): 1,797 grey 8x8 images of the digits 0-9 with
+labels, shipped inside scikit-learn, so it needs no download. It is upsampled
+(bilinear, antialiased) to ``resolution``.
+
+The torchvision datasets (``mnist``, ``fashion_mnist``, ``cifar10``, ``celeba``)
+read torchvision's on-disk layout under ``root`` and download there only with
+``download=true``; ``folder`` reads ``root/<class>/<image>`` (torchvision's
+``ImageFolder``: the subfolders are the classes).
+
+Every image is resized and centre-cropped to ``resolution``, converted to
+``channels`` (1: grey, 3: RGB) and scaled to [-1, 1], the generators' tanh range.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from gan_template.data.sampling import EpochShuffledBatches
+
+TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeba")
+DATASETS = ("digits", *TORCHVISION_DATASETS, "folder")
+NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "celeba": 0}
+
+
+def load_digits_tensor(resolution: int, channels: int) -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits as ``(images in [-1, 1] of shape (n, channels, res, res), labels)``."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True)
+    images = images.clamp(0, 1).mul(2).sub(1).expand(-1, channels, -1, -1).contiguous()
+    return images, torch.as_tensor(digits.target, dtype=torch.long)
+
+
+class _WithoutLabels(Dataset):
+    """Yields ``(image, 0)`` for datasets whose targets are not classes (CelebA's attributes)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.dataset[index][0], 0
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Images in [-1, 1] with integer labels, served in shuffled per-rank batches.
+
+    Args:
+        name: one of ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``celeba``, ``folder``.
+        root: where the torchvision datasets live (or the image folder for ``folder``).
+        resolution: image side in pixels (a power of two for the networks here).
+        channels: 1 (grey) or 3 (RGB); images are converted as needed.
+        batch_size: images per discriminator update.
+        batches_per_iteration: discriminator updates per iteration (``train.n_critic``).
+        download: let torchvision download the dataset into ``root`` (needs internet).
+        num_workers, pin_memory: DataLoader settings for file-backed datasets.
+        data_seed: seed of the shuffling order.
+    """
+
+    def __init__(
+        self,
+        name: str = "digits",
+        root: str = "data",
+        resolution: int = 16,
+        channels: int = 1,
+        batch_size: int = 64,
+        batches_per_iteration: int = 1,
+        download: bool = False,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        data_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if name not in DATASETS:
+            raise ValueError(f"data.name={name!r} is not an image dataset; choose one of {list(DATASETS)}")
+        if channels not in (1, 3):
+            raise ValueError(f"data.channels={channels} must be 1 (grey) or 3 (RGB)")
+        self.name = name
+        self.root = Path(root).expanduser()
+        self.resolution = resolution
+        self.channels = channels
+        self.batch_size = batch_size
+        self.batches_per_iteration = batches_per_iteration
+        self.download = download
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.data_seed = data_seed
+        self.sample_shape: tuple[int, ...] = (channels, resolution, resolution)
+        self.num_classes = NUM_CLASSES.get(name, 0)
+        if name == "folder" and self.root.is_dir():
+            # Known before setup() so conditional networks can be sized at start-up.
+            self.num_classes = sum(1 for p in self.root.iterdir() if p.is_dir())
+        self.dataset: Dataset | None = None
+
+    # ---- building the dataset ------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        if self.download and self.name in TORCHVISION_DATASETS:
+            self._torchvision_dataset()  # downloads once, on one process
+
+    def setup(self, stage: str) -> None:
+        if self.dataset is not None:
+            return
+        if self.name == "digits":
+            self.dataset = TensorDataset(*load_digits_tensor(self.resolution, self.channels))
+        elif self.name == "folder":
+            self.dataset = self._image_folder()
+        else:
+            self.dataset = self._torchvision_dataset()
+
+    def transform(self) -> Any:
+        from torchvision import transforms as T
+
+        convert = T.Grayscale(1) if self.channels == 1 else T.Lambda(lambda image: image.convert("RGB"))
+        return T.Compose(
+            [
+                convert,
+                T.Resize(self.resolution, antialias=True),
+                T.CenterCrop(self.resolution),
+                T.ToTensor(),
+                T.Normalize([0.5] * self.channels, [0.5] * self.channels),
+            ]
+        )
+
+    def _torchvision_dataset(self) -> Dataset:
+        from torchvision import datasets
+
+        kwargs = {"root": str(self.root), "transform": self.transform(), "download": self.download}
+        try:
+            if self.name == "mnist":
+                return datasets.MNIST(train=True, **kwargs)
+            if self.name == "fashion_mnist":
+                return datasets.FashionMNIST(train=True, **kwargs)
+            if self.name == "cifar10":
+                return datasets.CIFAR10(train=True, **kwargs)
+            return _WithoutLabels(datasets.CelebA(split="train", target_type=[], **kwargs))
+        except RuntimeError as error:
+            if self.download:
+                raise
+            raise FileNotFoundError(
+                f"data.name={self.name}: no usable dataset files under data.root={self.root} "
+                f"({error}). Set data.download=true to fetch it (needs internet), or point "
+                "data.root at the folder that holds torchvision's layout for it"
+            ) from error
+
+    def _image_folder(self) -> Dataset:
+        from torchvision.datasets import ImageFolder
+
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"data.root={self.root} does not exist; set data.root to a folder of images "
+                "laid out as <root>/<class name>/<image file> (one subfolder is fine)"
+            )
+        try:
+            dataset = ImageFolder(str(self.root), transform=self.transform())
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"data.root={self.root} holds no images in class subfolders ({error}); put the "
+                "images in <root>/<class name>/ (jpg, png, ...)"
+            ) from error
+        self.num_classes = len(dataset.classes)
+        return dataset
+
+    # ---- serving it ---------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.dataset is not None, "setup() must run first"
+        trainer = self.trainer
+        batches = EpochShuffledBatches(
+            len(self.dataset),  # type: ignore[arg-type]
+            self.batch_size * self.batches_per_iteration,
+            seed=self.data_seed,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+        if isinstance(self.dataset, TensorDataset):
+            # In memory: gather whole batches with one tensor index, no workers needed.
+            return DataLoader(self.dataset, sampler=batches, batch_size=None)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def real_samples(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """``n`` real images and labels (fixed by ``seed``), for metrics."""
+        assert self.dataset is not None, "setup() must run first"
+        count = len(self.dataset)  # type: ignore[arg-type]
+        indices = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[: min(n, count)]
+        if isinstance(self.dataset, TensorDataset):
+            images, labels = self.dataset.tensors
+            return images[indices], labels[indices]
+        items = [self.dataset[int(i)] for i in indices]
+        return torch.stack([image for image, _ in items]), torch.tensor([int(label) for _, label in items])
