@@ -16,6 +16,7 @@ confident images' class histogram against the data's.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -149,7 +150,10 @@ def fid_kid(extractor: nn.Module, real: Tensor, fake: Tensor, kid_subset_size: i
 
     subset = min(kid_subset_size, len(real), len(fake))
     fid = FrechetInceptionDistance(feature=extractor, normalize=True)
-    kid = KernelInceptionDistance(feature=extractor, normalize=True, subset_size=subset)
+    with warnings.catch_warnings():
+        # KID keeps all features in memory, which is the point: a few thousand at most here.
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        kid = KernelInceptionDistance(feature=extractor, normalize=True, subset_size=subset)
     for images, is_real in ((real, True), (fake, False)):
         for chunk in to_unit_range(images).split(500):
             fid.update(chunk, real=is_real)

@@ -1,0 +1,129 @@
+"""Every image dataset loads from files written here in torchvision's on-disk layout (no download)."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gan_template.data.images import ImageDataModule
+
+N = 40  # images per fake dataset: enough for a batch of 16
+
+
+def random_images(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 images, each of its own brightness (survives resizing, unlike pixel noise)."""
+    levels = rng.integers(0, 256, (shape[0],) + (1,) * (len(shape) - 1))
+    noise = rng.integers(-20, 21, shape)
+    return np.clip(levels + noise, 0, 255).astype(np.uint8)
+
+
+def batch_of(module: ImageDataModule) -> tuple[torch.Tensor, torch.Tensor]:
+    module.setup("fit")
+    return next(iter(module.train_dataloader()))
+
+
+def check_batch(images: torch.Tensor, labels: torch.Tensor, channels: int, resolution: int = 16) -> None:
+    assert images.shape == (16, channels, resolution, resolution)
+    assert images.dtype == torch.float32
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    assert images.std() > 0.1  # real content, not a constant
+    assert labels.shape == (16,)
+
+
+def write_idx(raw: Path, prefix: str, rng: np.random.Generator) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    images = random_images(rng, (N, 28, 28))
+    labels = rng.integers(0, 10, N, dtype=np.uint8)
+    for split in (prefix, "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, N, 28, 28) + images.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, N) + labels.tobytes())
+
+
+@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mnist_family_from_idx_files(tmp_path: Path, name: str, folder: str, channels: int) -> None:
+    write_idx(tmp_path / folder / "raw", "train", np.random.default_rng(0))
+    module = ImageDataModule(name, root=str(tmp_path), resolution=16, channels=channels, batch_size=16)
+    check_batch(*batch_of(module), channels=channels)
+    assert module.num_classes == 10
+
+
+def test_cifar10_from_pickled_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.datasets import cifar
+
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": random_images(rng, (8, 3072)), "labels": rng.integers(0, 10, 8).tolist()}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    # The files are ours, so torchvision's MD5 checks of the real archive cannot match.
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    module = ImageDataModule("cifar10", root=str(tmp_path), resolution=16, channels=3, batch_size=16)
+    check_batch(*batch_of(module), channels=3)
+
+
+def test_celeba_from_aligned_images_and_annotation_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.datasets import CelebA
+
+    base = tmp_path / "celeba"
+    (base / "img_align_celeba").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    names = [f"{i:06d}.jpg" for i in range(1, N + 1)]
+    for name in names:
+        Image.fromarray(random_images(rng, (1, 218, 178, 3))[0]).save(base / "img_align_celeba" / name)
+    (base / "list_eval_partition.txt").write_text("".join(f"{n} 0\n" for n in names))
+    (base / "identity_CelebA.txt").write_text("".join(f"{n} 1\n" for n in names))
+    attrs = [f"attr{i}" for i in range(40)]
+    (base / "list_attr_celeba.txt").write_text(
+        f"{N}\n" + " ".join(attrs) + "\n" + "".join(f"{n} " + " ".join(["1"] * 40) + "\n" for n in names)
+    )
+    (base / "list_bbox_celeba.txt").write_text(
+        f"{N}\nimage_id x_1 y_1 width height\n" + "".join(f"{n} 1 2 3 4\n" for n in names)
+    )
+    (base / "list_landmarks_align_celeba.txt").write_text(
+        f"{N}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
+        + "".join(f"{n} " + " ".join(["1"] * 10) + "\n" for n in names)
+    )
+    monkeypatch.setattr(CelebA, "_check_integrity", lambda self: True)  # no MD5 of the real files
+    module = ImageDataModule("celeba", root=str(tmp_path), resolution=16, channels=3, batch_size=16)
+    check_batch(*batch_of(module), channels=3)
+    assert module.num_classes == 0
+
+
+def test_image_folder_converts_modes_and_sizes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for label, (mode, shape) in enumerate([("RGB", (40, 30, 3)), ("L", (20, 50)), ("RGBA", (64, 64, 4))]):
+        folder = tmp_path / "images" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(14):
+            Image.fromarray(random_images(rng, (1, *shape))[0], mode).save(folder / f"{i}.png")
+    for channels in (1, 3):
+        module = ImageDataModule("folder", root=str(tmp_path / "images"), resolution=16, channels=channels, batch_size=16)
+        assert module.num_classes == 3  # known before setup, for conditional networks
+        check_batch(*batch_of(module), channels=channels)
+
+
+def test_missing_folder_names_the_path_and_the_fix(tmp_path: Path) -> None:
+    module = ImageDataModule("folder", root=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"data.root=.*nowhere does not exist; set data.root to a folder"):
+        module.setup("fit")
+
+
+def test_missing_torchvision_files_explain_download(tmp_path: Path) -> None:
+    module = ImageDataModule("mnist", root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"data.name=mnist: no usable dataset files.*data.download=true"):
+        module.setup("fit")
+
+
+def test_digits_are_embedded_labelled_and_in_range() -> None:
+    module = ImageDataModule("digits", resolution=16, channels=1, batch_size=16)
+    check_batch(*batch_of(module), channels=1)
+    assert len(module.dataset) == 1797 and module.num_classes == 10
