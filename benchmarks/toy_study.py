@@ -38,10 +38,14 @@ def run_one(experiment: str, seed: int, overrides: list[str], root: Path) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--experiments", nargs="+", default=["ring", "grid"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="keep the runs here (default: a temp dir)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="toy_study_"))

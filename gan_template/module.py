@@ -127,16 +127,24 @@ class GANModule(L.LightningModule):
         real_batches = real.chunk(n_critic)
         label_batches = labels.chunk(n_critic) if labels is not None else [None] * n_critic
         metrics: dict[str, Tensor] = {}
+        # Forward passes update running statistics (BatchNorm, spectral-norm power
+        # iterates) before the skip rule can look at the loss; an abandoned
+        # iteration puts them back, so a NaN batch cannot poison them.
+        saved_buffers = [buffer.clone() for buffer in self._running_buffers]
         try:
             for k, (real_k, labels_k) in enumerate(zip(real_batches, label_batches, strict=True)):
                 # The last critic update's fake batch is reused by the generator
                 # phase, so it is the only one generated with a graph.
                 last = k == n_critic - 1
                 fake = self.generate(real_k.shape[0], keep_graph=last, labels=labels_k)
-                metrics |= self.discriminator_step(optimizer_d, real_k, fake.detach(), labels_k, first=k == 0)
+                metrics |= self.discriminator_step(
+                    optimizer_d, real_k, fake.detach(), labels_k, first=k == 0
+                )
             metrics |= self.generator_step(optimizer_g, fake, labels_k)
         except SkipIteration as skip:
             self._pending_skip = (skip.reason, skip.phase)
+            for buffer, saved in zip(self._running_buffers, saved_buffers, strict=True):
+                buffer.copy_(saved)
             return None
         self.iteration += 1
         for scheduler in self._lr_schedulers():
@@ -169,11 +177,15 @@ class GANModule(L.LightningModule):
             self.guard.check_before_backward(
                 total, metrics, self.iteration, "discriminator", self._reduce_sum
             )
-            metrics["d_grad_norm"] = self._update(optimizer, total, self.discriminator, "discriminator")
+            metrics["d_grad_norm"] = self._update(
+                optimizer, total, self.discriminator, "discriminator"
+            )
         self.discriminator_updates += 1
         return {name: value.detach() for name, value in metrics.items()}
 
-    def generator_step(self, optimizer: Optimizer, fake: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
+    def generator_step(
+        self, optimizer: Optimizer, fake: Tensor, labels: Tensor | None
+    ) -> dict[str, Tensor]:
         """One generator update through the (just updated) discriminator."""
         with self.toggled_optimizer(optimizer):
             loss = self.adversarial_loss.generator(self.critic(fake, labels))
@@ -199,9 +211,15 @@ class GANModule(L.LightningModule):
             raise ValueError("the networks are class-conditional but the data has no labels")
         return batch[0], batch[1] if self.conditional else None
 
+    @property
+    def _running_buffers(self) -> list[Tensor]:
+        return [*self.generator.buffers(), *self.discriminator.buffers()]
+
     def critic(self, samples: Tensor, labels: Tensor | None = None) -> Tensor:
         """The discriminator's logits, with labels when it is conditional."""
-        return self.discriminator(samples) if labels is None else self.discriminator(samples, labels)
+        return (
+            self.discriminator(samples) if labels is None else self.discriminator(samples, labels)
+        )
 
     def sample_latent(self, n: int) -> Tensor:
         return torch.randn(n, self.generator.latent_dim, device=self.device)

@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from gan_template.train import train
 
@@ -29,6 +29,14 @@ def run(cfg: DictConfig, *extra_callbacks: Callback) -> dict[str, Any]:
         return train(cfg)
     finally:
         L.Trainer.__init__ = original  # type: ignore[method-assign]
+
+
+def without_evaluation(cfg: DictConfig) -> DictConfig:
+    """Drop the metric callbacks (irrelevant to most behaviours, and they cost time)."""
+    with open_dict(cfg):
+        for name in ("image_eval", "toy_eval"):
+            cfg.callbacks.pop(name, None)
+    return cfg
 
 
 def snapshot(module: L.LightningModule) -> dict[str, Any]:

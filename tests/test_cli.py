@@ -22,7 +22,9 @@ def cli(cwd: Path, *args: str, module: str = "gan_template") -> subprocess.Compl
 def test_a_run_writes_everything_into_its_run_directory_and_resumes(tmp_path: Path) -> None:
     first = tmp_path / "first"
     fast = ["trainer.log_every_n_steps=10", "callbacks.toy_eval.every_n_iterations=20"]
-    completed = cli(tmp_path, "train.iterations=40", *fast, f"hydra.run.dir={first}")
+    completed = cli(
+        tmp_path, "experiment=ring", "train.iterations=40", *fast, f"hydra.run.dir={first}"
+    )
     assert f"Run directory: {first}" in completed.stdout
     for expected in [
         ".hydra/config.yaml",  # the resolved config of the run
@@ -39,6 +41,7 @@ def test_a_run_writes_everything_into_its_run_directory_and_resumes(tmp_path: Pa
     second = tmp_path / "second"
     cli(
         tmp_path,
+        "experiment=ring",
         f"ckpt_path={first}/checkpoints/last.ckpt",
         "train.iterations=60",
         *fast,

@@ -20,7 +20,7 @@ def run_ddp(run_dir: Path, *overrides: str, timeout: float = 240) -> list[dict]:
         "PYTHONPATH": f"{REPO_ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
     command = [
-        sys.executable, "-m", "gan_template", "trainer=ddp_cpu", "trainer.enable_progress_bar=false",
+        sys.executable, "-m", "gan_template", "trainer=ddp_cpu", "experiment=ring", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1", "+callbacks.rank_report._target_=ddp_probe.RankReport",
         f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip

@@ -48,7 +48,9 @@ def test_ema_weights_round_trip_through_checkpoints(make_config) -> None:
     cfg.callbacks.image_eval = None  # not needed here
     result = run(cfg)
     ema = result["module"].generator_ema.module.state_dict()
-    saved = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    saved = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)[
+        "state_dict"
+    ]
     for key, value in ema.items():
         assert torch.equal(saved[f"generator_ema.module.{key}"], value)
     generator = result["module"].generator.state_dict()
@@ -59,5 +61,7 @@ def test_ema_can_be_switched_off(make_config) -> None:
     cfg = make_config("train.iterations=2", "ema.enabled=false", "experiment=ring")
     result = run(cfg)
     assert result["module"].generator_ema is None
-    saved = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    saved = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)[
+        "state_dict"
+    ]
     assert not any(k.startswith("generator_ema") for k in saved)

@@ -28,7 +28,9 @@ def batch_of(module: ImageDataModule) -> tuple[torch.Tensor, torch.Tensor]:
     return next(iter(module.train_dataloader()))
 
 
-def check_batch(images: torch.Tensor, labels: torch.Tensor, channels: int, resolution: int = 16) -> None:
+def check_batch(
+    images: torch.Tensor, labels: torch.Tensor, channels: int, resolution: int = 16
+) -> None:
     assert images.shape == (16, channels, resolution, resolution)
     assert images.dtype == torch.float32
     assert images.min() >= -1.0 and images.max() <= 1.0
@@ -41,15 +43,23 @@ def write_idx(raw: Path, prefix: str, rng: np.random.Generator) -> None:
     images = random_images(rng, (N, 28, 28))
     labels = rng.integers(0, 10, N, dtype=np.uint8)
     for split in (prefix, "t10k"):
-        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, N, 28, 28) + images.tobytes())
-        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, N) + labels.tobytes())
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, N, 28, 28) + images.tobytes()
+        )
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, N) + labels.tobytes()
+        )
 
 
-@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+@pytest.mark.parametrize(
+    ("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
+)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_mnist_family_from_idx_files(tmp_path: Path, name: str, folder: str, channels: int) -> None:
     write_idx(tmp_path / folder / "raw", "train", np.random.default_rng(0))
-    module = ImageDataModule(name, root=str(tmp_path), resolution=16, channels=channels, batch_size=16)
+    module = ImageDataModule(
+        name, root=str(tmp_path), resolution=16, channels=channels, batch_size=16
+    )
     check_batch(*batch_of(module), channels=channels)
     assert module.num_classes == 10
 
@@ -66,11 +76,15 @@ def test_cifar10_from_pickled_batches(tmp_path: Path, monkeypatch: pytest.Monkey
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
     # The files are ours, so torchvision's MD5 checks of the real archive cannot match.
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
-    module = ImageDataModule("cifar10", root=str(tmp_path), resolution=16, channels=3, batch_size=16)
+    module = ImageDataModule(
+        "cifar10", root=str(tmp_path), resolution=16, channels=3, batch_size=16
+    )
     check_batch(*batch_of(module), channels=3)
 
 
-def test_celeba_from_aligned_images_and_annotation_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_celeba_from_aligned_images_and_annotation_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from torchvision.datasets import CelebA
 
     base = tmp_path / "celeba"
@@ -78,12 +92,17 @@ def test_celeba_from_aligned_images_and_annotation_files(tmp_path: Path, monkeyp
     rng = np.random.default_rng(2)
     names = [f"{i:06d}.jpg" for i in range(1, N + 1)]
     for name in names:
-        Image.fromarray(random_images(rng, (1, 218, 178, 3))[0]).save(base / "img_align_celeba" / name)
+        Image.fromarray(random_images(rng, (1, 218, 178, 3))[0]).save(
+            base / "img_align_celeba" / name
+        )
     (base / "list_eval_partition.txt").write_text("".join(f"{n} 0\n" for n in names))
     (base / "identity_CelebA.txt").write_text("".join(f"{n} 1\n" for n in names))
     attrs = [f"attr{i}" for i in range(40)]
     (base / "list_attr_celeba.txt").write_text(
-        f"{N}\n" + " ".join(attrs) + "\n" + "".join(f"{n} " + " ".join(["1"] * 40) + "\n" for n in names)
+        f"{N}\n"
+        + " ".join(attrs)
+        + "\n"
+        + "".join(f"{n} " + " ".join(["1"] * 40) + "\n" for n in names)
     )
     (base / "list_bbox_celeba.txt").write_text(
         f"{N}\nimage_id x_1 y_1 width height\n" + "".join(f"{n} 1 2 3 4\n" for n in names)
@@ -100,26 +119,34 @@ def test_celeba_from_aligned_images_and_annotation_files(tmp_path: Path, monkeyp
 
 def test_image_folder_converts_modes_and_sizes(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
-    for label, (mode, shape) in enumerate([("RGB", (40, 30, 3)), ("L", (20, 50)), ("RGBA", (64, 64, 4))]):
+    for label, (mode, shape) in enumerate(
+        [("RGB", (40, 30, 3)), ("L", (20, 50)), ("RGBA", (64, 64, 4))]
+    ):
         folder = tmp_path / "images" / f"class{label}"
         folder.mkdir(parents=True)
         for i in range(14):
             Image.fromarray(random_images(rng, (1, *shape))[0], mode).save(folder / f"{i}.png")
     for channels in (1, 3):
-        module = ImageDataModule("folder", root=str(tmp_path / "images"), resolution=16, channels=channels, batch_size=16)
+        module = ImageDataModule(
+            "folder", root=str(tmp_path / "images"), resolution=16, channels=channels, batch_size=16
+        )
         assert module.num_classes == 3  # known before setup, for conditional networks
         check_batch(*batch_of(module), channels=channels)
 
 
 def test_missing_folder_names_the_path_and_the_fix(tmp_path: Path) -> None:
     module = ImageDataModule("folder", root=str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match=r"data.root=.*nowhere does not exist; set data.root to a folder"):
+    with pytest.raises(
+        FileNotFoundError, match=r"data.root=.*nowhere does not exist; set data.root to a folder"
+    ):
         module.setup("fit")
 
 
 def test_missing_torchvision_files_explain_download(tmp_path: Path) -> None:
     module = ImageDataModule("mnist", root=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"data.name=mnist: no usable dataset files.*data.download=true"):
+    with pytest.raises(
+        FileNotFoundError, match=r"data.name=mnist: no usable dataset files.*data.download=true"
+    ):
         module.setup("fit")
 
 

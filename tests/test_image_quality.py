@@ -54,7 +54,7 @@ def test_trained_generator_beats_untrained_and_collapsed_on_every_metric(default
     trainer = default_run["module"].trainer
     evaluation = next(c for c in trainer.callbacks if isinstance(c, ImageQualityEvaluation))
     datamodule: ImageDataModule = trainer.datamodule
-    real, labels = datamodule.real_samples(1000, seed=123)
+    real, _ = datamodule.real_samples(1000, seed=123)
     extractor, classifier = evaluation._extractor, evaluation._classifier
     class_probs = evaluation._data_class_probs
 
@@ -65,7 +65,11 @@ def test_trained_generator_beats_untrained_and_collapsed_on_every_metric(default
     collapsed = _Collapsed(trained(z[:1]))
 
     scores = {}
-    for name, generator in {"trained": trained, "untrained": untrained, "collapsed": collapsed}.items():
+    for name, generator in {
+        "trained": trained,
+        "untrained": untrained,
+        "collapsed": collapsed,
+    }.items():
         fake = generator(z)
         metrics = fid_kid(extractor, real, fake)
         metrics |= class_coverage(classifier(to_unit_range(fake)), class_probs).as_dict()

@@ -7,8 +7,9 @@ import weakref
 from typing import Any
 
 import lightning as L
+import pytest
 import torch
-from helpers import run
+from helpers import run, without_evaluation
 from lightning.pytorch.callbacks import Callback
 
 
@@ -38,12 +39,16 @@ class WatchStepTensors(Callback):
         self.refs.clear()
 
 
-def test_fake_batches_and_their_graphs_die_with_the_step(make_config) -> None:
+@pytest.mark.parametrize("experiment", ["ring", "wgan_gp"])
+def test_fake_batches_and_their_graphs_die_with_the_step(make_config, experiment: str) -> None:
     watcher = WatchStepTensors()
     # Injected skips leave the step through the exception path: it must not leak either.
-    run(
-        make_config("train.iterations=6", "train.n_critic=2", "skip.inject_nonfinite_at=[1,3]"),
-        watcher,
-    )
+    overrides = [
+        f"experiment={experiment}",
+        "train.iterations=6",
+        "train.n_critic=2",
+        "skip.inject_nonfinite_at=[1,3]",
+    ]
+    run(without_evaluation(make_config(*overrides)), watcher)
     assert len(watcher.alive_after_step) == 8
     assert watcher.alive_after_step == [0] * 8

@@ -14,7 +14,9 @@ FAMILIES = [(DCGANGenerator, DCGANDiscriminator), (ResNetGenerator, ResNetDiscri
 @pytest.mark.parametrize(("generator_cls", "discriminator_cls"), FAMILIES)
 @pytest.mark.parametrize("resolution", [16, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_generator_output_fits_discriminator(generator_cls, discriminator_cls, resolution: int, channels: int) -> None:
+def test_generator_output_fits_discriminator(
+    generator_cls, discriminator_cls, resolution: int, channels: int
+) -> None:
     generator = generator_cls(latent_dim=8, channels=channels, resolution=resolution, width=8)
     discriminator = discriminator_cls(channels=channels, resolution=resolution, width=8)
     images = generator(torch.randn(2, 8))
@@ -26,7 +28,9 @@ def test_generator_output_fits_discriminator(generator_cls, discriminator_cls, r
 @pytest.mark.parametrize(("generator_cls", "discriminator_cls"), FAMILIES)
 def test_conditional_networks_use_the_labels(generator_cls, discriminator_cls) -> None:
     torch.manual_seed(0)
-    generator = generator_cls(latent_dim=8, channels=1, resolution=16, width=8, num_classes=10).eval()
+    generator = generator_cls(
+        latent_dim=8, channels=1, resolution=16, width=8, num_classes=10
+    ).eval()
     discriminator = discriminator_cls(channels=1, resolution=16, width=8, num_classes=10)
     z = torch.randn(1, 8).expand(2, -1)
     images = generator(z, torch.tensor([0, 1]))
@@ -49,5 +53,7 @@ def test_spectral_norm_bounds_the_discriminator_layers() -> None:
 
 @pytest.mark.parametrize("resolution", [28, 12, 4])
 def test_unsupported_resolution_names_the_value_and_the_fix(resolution: int) -> None:
-    with pytest.raises(ValueError, match=rf"resolution={resolution} is not supported.*data.resolution"):
+    with pytest.raises(
+        ValueError, match=rf"resolution={resolution} is not supported.*data.resolution"
+    ):
         DCGANGenerator(resolution=resolution)

@@ -27,7 +27,7 @@ def test_run_stops_after_exactly_n_generator_updates(make_config, n_critic: int)
 
 
 def test_logs_are_indexed_by_iteration(make_config) -> None:
-    cfg = make_config("train.iterations=5", "skip.inject_nonfinite_at=[2]")
+    cfg = make_config("experiment=ring", "train.iterations=5", "skip.inject_nonfinite_at=[2]")
     run(cfg)
     with open(Path(cfg.paths.run_dir) / "metrics.csv") as f:
         rows = [row for row in csv.DictReader(f) if row.get("train/g_loss")]
@@ -36,7 +36,9 @@ def test_logs_are_indexed_by_iteration(make_config) -> None:
 
 
 def test_n_critic_feeds_each_critic_update_a_fresh_real_batch(make_config) -> None:
-    cfg = make_config("train.iterations=2", "train.n_critic=4", "data.batch_size=32")
+    cfg = make_config(
+        "experiment=ring", "train.iterations=2", "train.n_critic=4", "data.batch_size=32"
+    )
     recorder = StepRecorder()
     run(cfg, recorder)
     assert cfg.data.batches_per_iteration == 4  # the loader serves 4 x 32 per step

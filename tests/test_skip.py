@@ -7,16 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import StepRecorder, run
+from helpers import StepRecorder, run, without_evaluation
 
 from gan_template.guard import TooManySkips
 
 
+@pytest.mark.parametrize("experiment", ["ring", "dcgan", "wgan_gp"])
 def test_injected_nonfinite_loss_skips_the_iteration_without_touching_any_state(
-    make_config,
+    make_config, experiment: str
 ) -> None:
     recorder = StepRecorder()
-    result = run(make_config("train.iterations=6", "skip.inject_nonfinite_at=[2,4]"), recorder)
+    overrides = [f"experiment={experiment}", "train.iterations=6", "skip.inject_nonfinite_at=[2,4]"]
+    result = run(without_evaluation(make_config(*overrides)), recorder)
 
     skipped = [i for i, out in enumerate(recorder.outputs) if not out]
     assert skipped == [2, 5]  # iteration 2 is attempted at batch 2; iteration 4 at batch 5
@@ -26,13 +28,14 @@ def test_injected_nonfinite_loss_skips_the_iteration_without_touching_any_state(
     assert not any(recorder.unchanged[i] for i in range(len(recorder.outputs)) if i not in skipped)
     module = result["module"]
     assert module.iteration == 6 and len(recorder.outputs) == 8
+    assert module.discriminator_updates == 6 * module.schedule.n_critic
     assert dict(module.guard.counts) == {"nonfinite_loss": 2}  # counted once each
     assert module.guard.consecutive == 0
 
 
 def test_completed_iterations_return_detached_scalars(make_config) -> None:
     recorder = StepRecorder()
-    run(make_config("train.iterations=3", "penalty=gradient_penalty"), recorder)
+    run(make_config("experiment=ring", "train.iterations=3", "penalty=gradient_penalty"), recorder)
     for outputs in recorder.outputs:
         assert {"d_loss", "g_loss", "d_penalty", "d_grad_norm", "g_grad_norm"} <= outputs.keys()
         for value in outputs.values():
@@ -44,13 +47,17 @@ def reject_iteration_one(metrics: Mapping[str, torch.Tensor], iteration: int) ->
     return iteration == 1
 
 
-def test_user_predicate_skips_with_its_own_reason(make_config) -> None:
+@pytest.mark.parametrize("experiment", ["ring", "dcgan"])
+def test_user_predicate_skips_with_its_own_reason(make_config, experiment: str) -> None:
+    # dcgan has BatchNorm: running statistics updated by the abandoned forwards are restored.
     cfg = make_config(
+        f"experiment={experiment}",
         "train.iterations=3",
         f"skip.predicate={{_target_: {__name__}.reject_iteration_one, _partial_: true}}",
         "skip.max_consecutive=3",
     )
     recorder = StepRecorder()
+    without_evaluation(cfg)
     # Iteration 1 is rejected every time it is attempted: the consecutive limit ends the run.
     with pytest.raises(TooManySkips, match="3 consecutive skipped iterations at iteration 1"):
         run(cfg, recorder)
@@ -80,11 +87,11 @@ class NaNGradient(torch.nn.Module):
 def test_nonfinite_gradient_skips_the_update_and_keeps_weights_finite(make_config) -> None:
     from gan_template import train as train_module
 
-    cfg = make_config("train.iterations=4")
+    cfg = make_config("experiment=ring", "train.iterations=4")
     original = train_module.build_module
 
-    def build_with_poison(cfg):
-        module = original(cfg)
+    def build_with_poison(cfg, **kwargs):
+        module = original(cfg, **kwargs)
         # The generator phase's D forward is D call 3 of an iteration (real, fake, then G phase).
         module.discriminator.net.insert(0, NaNGradient({2 * 3 + 3}))
         return module

@@ -13,7 +13,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from gan_template.metrics.images import FeatureExtractor, class_coverage, fid_kid, load_or_train_classifier, to_unit_range
+from gan_template.metrics.images import (
+    FeatureExtractor,
+    class_coverage,
+    fid_kid,
+    load_or_train_classifier,
+    to_unit_range,
+)
 
 
 def default_cache_dir() -> Path:
@@ -67,7 +73,9 @@ class ImageQualityEvaluation(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         if not getattr(datamodule, "num_classes", 0):
-            rank_zero_info("ImageQualityEvaluation: the data has no class labels; class coverage is off")
+            rank_zero_info(
+                "ImageQualityEvaluation: the data has no class labels; class coverage is off"
+            )
 
     def _prepare(self, trainer: L.Trainer) -> None:
         if self._real is not None:
@@ -78,7 +86,9 @@ class ImageQualityEvaluation(Callback):
             name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_v1.pt"
             # The classifier trains on the full labelled set (its own held-out split inside).
             images, labels = datamodule.real_samples(len(datamodule.dataset), seed=0)
-            classifier, accuracy = load_or_train_classifier(self.cache_dir / name, images, labels, datamodule.num_classes)
+            classifier, accuracy = load_or_train_classifier(
+                self.cache_dir / name, images, labels, datamodule.num_classes
+            )
             rank_zero_info(f"Offline classifier for metrics: held-out accuracy {accuracy:.3f}")
             self._classifier = classifier
             counts = torch.bincount(labels, minlength=datamodule.num_classes).double()
@@ -94,10 +104,19 @@ class ImageQualityEvaluation(Callback):
             )
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         iteration = pl_module.iteration
-        if self.every_n_iterations and iteration % self.every_n_iterations == 0 and iteration != self.last_evaluated:
+        if (
+            self.every_n_iterations
+            and iteration % self.every_n_iterations == 0
+            and iteration != self.last_evaluated
+        ):
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -117,7 +136,9 @@ class ImageQualityEvaluation(Callback):
         generator.eval()
         chunks = []
         for label_chunk in labels.split(250):
-            z = torch.randn(len(label_chunk), generator.latent_dim, generator=rng).to(pl_module.device)
+            z = torch.randn(len(label_chunk), generator.latent_dim, generator=rng).to(
+                pl_module.device
+            )
             if pl_module.conditional:
                 chunks.append(generator(z, label_chunk.to(pl_module.device)).float().cpu())
             else:
@@ -134,11 +155,15 @@ class ImageQualityEvaluation(Callback):
         fake = self.generate(pl_module, real_labels)
         result = fid_kid(self._extractor, real_images, fake, self.kid_subset_size)
         if self._classifier is not None:
-            coverage = class_coverage(self._classifier(to_unit_range(fake)), self._data_class_probs, self.confidence)
+            coverage = class_coverage(
+                self._classifier(to_unit_range(fake)), self._data_class_probs, self.confidence
+            )
             result |= coverage.as_dict()
         self.result = result
         for logger in trainer.loggers:
-            logger.log_metrics({f"image/{k}": v for k, v in result.items()}, step=pl_module.iteration)
+            logger.log_metrics(
+                {f"image/{k}": v for k, v in result.items()}, step=pl_module.iteration
+            )
         return result
 
 

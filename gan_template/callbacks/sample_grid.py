@@ -23,7 +23,9 @@ class SampleGrid(Callback):
     grid also goes to TensorBoard when that logger is on.
     """
 
-    def __init__(self, every_n_iterations: int = 500, rows: int = 10, columns: int = 10, seed: int = 4321) -> None:
+    def __init__(
+        self, every_n_iterations: int = 500, rows: int = 10, columns: int = 10, seed: int = 4321
+    ) -> None:
         self.every_n_iterations = every_n_iterations
         self.rows = rows
         self.columns = columns
@@ -31,10 +33,19 @@ class SampleGrid(Callback):
         self.last_rendered = -1
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         iteration = pl_module.iteration
-        if self.every_n_iterations and iteration % self.every_n_iterations == 0 and iteration != self.last_rendered:
+        if (
+            self.every_n_iterations
+            and iteration % self.every_n_iterations == 0
+            and iteration != self.last_rendered
+        ):
             self.render(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -58,7 +69,13 @@ class SampleGrid(Callback):
         else:
             images = generator(z)
         generator.train(was_training)
-        grid = make_grid(images.float().cpu(), nrow=self.columns, normalize=True, value_range=(-1.0, 1.0), pad_value=1.0)
+        grid = make_grid(
+            images.float().cpu(),
+            nrow=self.columns,
+            normalize=True,
+            value_range=(-1.0, 1.0),
+            pad_value=1.0,
+        )
         directory = Path(trainer.default_root_dir) / "samples"
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"grid_iter{pl_module.iteration:07d}.png"

@@ -86,7 +86,9 @@ class ImageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if name not in DATASETS:
-            raise ValueError(f"data.name={name!r} is not an image dataset; choose one of {list(DATASETS)}")
+            raise ValueError(
+                f"data.name={name!r} is not an image dataset; choose one of {list(DATASETS)}"
+            )
         if channels not in (1, 3):
             raise ValueError(f"data.channels={channels} must be 1 (grey) or 3 (RGB)")
         self.name = name
@@ -125,7 +127,9 @@ class ImageDataModule(L.LightningDataModule):
     def transform(self) -> Any:
         from torchvision import transforms as T
 
-        convert = T.Grayscale(1) if self.channels == 1 else T.Lambda(lambda image: image.convert("RGB"))
+        convert = (
+            T.Grayscale(1) if self.channels == 1 else T.Lambda(lambda image: image.convert("RGB"))
+        )
         return T.Compose(
             [
                 convert,
@@ -202,9 +206,13 @@ class ImageDataModule(L.LightningDataModule):
         """``n`` real images and labels (fixed by ``seed``), for metrics."""
         assert self.dataset is not None, "setup() must run first"
         count = len(self.dataset)  # type: ignore[arg-type]
-        indices = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[: min(n, count)]
+        indices = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[
+            : min(n, count)
+        ]
         if isinstance(self.dataset, TensorDataset):
             images, labels = self.dataset.tensors
             return images[indices], labels[indices]
         items = [self.dataset[int(i)] for i in indices]
-        return torch.stack([image for image, _ in items]), torch.tensor([int(label) for _, label in items])
+        return torch.stack([image for image, _ in items]), torch.tensor(
+            [int(label) for _, label in items]
+        )

@@ -73,7 +73,12 @@ def to_unit_range(images: Tensor) -> Tensor:
 
 
 def train_classifier(
-    images: Tensor, labels: Tensor, num_classes: int, epochs: int = 15, seed: int = 0, held_out: float = 0.15
+    images: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    epochs: int = 15,
+    seed: int = 0,
+    held_out: float = 0.15,
 ) -> tuple[SmallClassifier, float]:
     """Train on images in [-1, 1]; returns the classifier (eval mode) and its held-out accuracy."""
     generator = torch.Generator().manual_seed(seed)
@@ -88,7 +93,9 @@ def train_classifier(
         for _ in range(epochs):
             for batch in train_idx[torch.randperm(len(train_idx), generator=generator)].split(128):
                 # Small shifts make the features robust to the generators' imperfections.
-                shifted = torch.roll(x[batch], shifts=tuple(torch.randint(-1, 2, (2,)).tolist()), dims=(2, 3))
+                shifted = torch.roll(
+                    x[batch], shifts=tuple(torch.randint(-1, 2, (2,)).tolist()), dims=(2, 3)
+                )
                 loss = F.cross_entropy(model(shifted), y[batch])
                 optimizer.zero_grad()
                 loss.backward()
@@ -127,7 +134,9 @@ class ClassCoverage:
         return {k: float(v) for k, v in asdict(self).items()}
 
 
-def class_coverage(logits: Tensor, data_class_probs: Tensor, confidence: float = 0.9) -> ClassCoverage:
+def class_coverage(
+    logits: Tensor, data_class_probs: Tensor, confidence: float = 0.9
+) -> ClassCoverage:
     """Coverage of the classes by confidently classified generated samples."""
     probs = logits.float().softmax(dim=1)
     top, label = probs.max(dim=1)
@@ -143,7 +152,9 @@ def class_coverage(logits: Tensor, data_class_probs: Tensor, confidence: float =
     return ClassCoverage(int((counts > 0).sum()), probs.shape[1], float(sure.float().mean()), kl)
 
 
-def fid_kid(extractor: nn.Module, real: Tensor, fake: Tensor, kid_subset_size: int = 500) -> dict[str, float]:
+def fid_kid(
+    extractor: nn.Module, real: Tensor, fake: Tensor, kid_subset_size: int = 500
+) -> dict[str, float]:
     """FID and KID (mean, std) between two sets of images in [-1, 1], in ``extractor``'s feature space."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance

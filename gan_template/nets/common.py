@@ -45,6 +45,8 @@ class ProjectionHead(nn.Module):
         logits = self.linear(features).squeeze(1)
         if self.embedding is not None:
             if labels is None:
-                raise ValueError("this discriminator is class-conditional: pass labels (data with labels)")
+                raise ValueError(
+                    "this discriminator is class-conditional: pass labels (data with labels)"
+                )
             logits = logits + (self.embedding(labels) * features).sum(dim=1)
         return logits

@@ -39,7 +39,11 @@ class DCGANGenerator(nn.Module):
         ]
         for i in range(doublings - 1):
             c_in, c_out = top // 2**i, top // 2 ** (i + 1)
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(True),
+            ]
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
@@ -64,7 +68,10 @@ class DCGANDiscriminator(nn.Module):
         wrap = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
         # No BatchNorm: it couples the samples of a batch, which breaks the
         # gradient penalty and R1 (per-sample input gradients).
-        layers: list[nn.Module] = [wrap(nn.Conv2d(channels, width, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+        layers: list[nn.Module] = [
+            wrap(nn.Conv2d(channels, width, 4, 2, 1)),
+            nn.LeakyReLU(0.2, True),
+        ]
         c = width
         for _ in range(doublings - 1):
             layers += [wrap(nn.Conv2d(c, c * 2, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
@@ -74,5 +81,7 @@ class DCGANDiscriminator(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         if tuple(x.shape[1:]) != self.sample_shape:
-            raise ValueError(f"discriminator expects images of shape {self.sample_shape}, got {tuple(x.shape[1:])}")
+            raise ValueError(
+                f"discriminator expects images of shape {self.sample_shape}, got {tuple(x.shape[1:])}"
+            )
         return self.head(self.features(x), labels)

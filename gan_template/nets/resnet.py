@@ -60,8 +60,12 @@ class ResNetGenerator(nn.Module):
         self.width = width
         self.conditioning = LabelConditioning(num_classes, embed_dim) if num_classes else None
         self.project = nn.Linear(latent_dim + (embed_dim if num_classes else 0), width * 4 * 4)
-        self.blocks = nn.Sequential(*(UpBlock(width, width) for _ in range(num_doublings(resolution))))
-        self.out = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(True), nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
+        self.blocks = nn.Sequential(
+            *(UpBlock(width, width) for _ in range(num_doublings(resolution)))
+        )
+        self.out = nn.Sequential(
+            nn.BatchNorm2d(width), nn.ReLU(True), nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()
+        )
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.conditioning is not None:
@@ -70,7 +74,9 @@ class ResNetGenerator(nn.Module):
 
 
 class ResNetDiscriminator(nn.Module):
-    def __init__(self, channels: int = 3, resolution: int = 32, width: int = 128, num_classes: int = 0) -> None:
+    def __init__(
+        self, channels: int = 3, resolution: int = 32, width: int = 128, num_classes: int = 0
+    ) -> None:
         super().__init__()
         doublings = num_doublings(resolution)
         self.sample_shape = (channels, resolution, resolution)
@@ -81,6 +87,8 @@ class ResNetDiscriminator(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         if tuple(x.shape[1:]) != self.sample_shape:
-            raise ValueError(f"discriminator expects images of shape {self.sample_shape}, got {tuple(x.shape[1:])}")
+            raise ValueError(
+                f"discriminator expects images of shape {self.sample_shape}, got {tuple(x.shape[1:])}"
+            )
         features = F.relu(self.blocks(x)).sum(dim=(2, 3))
         return self.head(features, labels)
