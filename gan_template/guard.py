@@ -61,6 +61,11 @@ class SkipGuard:
         predicate: optional ``predicate(metrics, iteration) -> bool``; True skips.
         check_gradients: skip an update whose gradient norm is non-finite (costs
             one device-to-host sync per update).
+        check_losses: take the pre-backward decision at all (non-finite loss,
+            predicate, injection). It costs one small collective and one
+            device-to-host sync per update; switching it off trades safety for
+            speed: a NaN loss then reaches the optimizer unless check_gradients
+            catches its gradients.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class SkipGuard:
         inject_rank: int | None = None,
         predicate: SkipPredicate | None = None,
         check_gradients: bool = True,
+        check_losses: bool = True,
     ) -> None:
         if max_consecutive < 0:
             raise ValueError(f"skip.max_consecutive={max_consecutive} must be >= 0 (0 disables it)")
@@ -78,6 +84,7 @@ class SkipGuard:
         self.inject_rank = inject_rank
         self.predicate = predicate
         self.check_gradients = check_gradients
+        self.check_losses = check_losses
         self.counts: Counter[str] = Counter()
         self.consecutive = 0
         self._injected: set[int] = set()
@@ -108,6 +115,8 @@ class SkipGuard:
         so all ranks learn both *whether* and *why*; ``reduce_boolean_decision``
         would give only the whether, with the same cost.
         """
+        if not self.check_losses:
+            return
         wants_skip = self.predicate is not None and bool(self.predicate(metrics, iteration))
         flags = torch.stack(
             [

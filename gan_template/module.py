@@ -24,6 +24,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -58,6 +59,9 @@ class GANModule(L.LightningModule):
         ema_decay: generator EMA decay in [0, 1); None disables the EMA.
         ema_rampup: EMA horizon ramp (StyleGAN2: 0.05); None disables the ramp.
         max_iterations: stop after this many generator updates; None: Lightning decides.
+        compile_networks: ``torch.compile`` the generator and discriminator (the
+            networks, not ``training_step``: compiling a step that toggles
+            optimizers fails in Lightning 2.6, #21513).
         run_config: the resolved run config, stored in checkpoints so that
             ``gan_template.sample`` can rebuild the networks.
     """
@@ -79,6 +83,7 @@ class GANModule(L.LightningModule):
         ema_decay: float | None = 0.999,
         ema_rampup: float | None = 0.05,
         max_iterations: int | None = None,
+        compile_networks: bool = False,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -103,6 +108,7 @@ class GANModule(L.LightningModule):
         if max_iterations is not None and max_iterations < 1:
             raise ValueError(f"train.iterations={max_iterations} must be >= 1")
         self.max_iterations = max_iterations
+        self.compile_networks = compile_networks
 
         # Run state, saved in checkpoints (on_save_checkpoint).
         self.iteration = 0  # generator updates so far: the run's unit of time
@@ -279,6 +285,20 @@ class GANModule(L.LightningModule):
         return schedulers if isinstance(schedulers, list) else [schedulers]
 
     # ---- bookkeeping ---------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        if not self.compile_networks or getattr(self, "_compiled", False):
+            return
+        self._compiled = True
+        self.generator.compile()  # in place: parameter names and checkpoints are unchanged
+        if self.penalty is None:
+            self.discriminator.compile()
+        else:
+            # Gradient penalties differentiate twice; torch.compile does not support
+            # double backward, so the discriminator stays eager.
+            rank_zero_warn(
+                "train.compile: the discriminator is not compiled because penalty.name is set"
+            )
 
     def on_train_start(self) -> None:
         if self.max_iterations is not None and self.iteration >= self.max_iterations:

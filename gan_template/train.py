@@ -65,11 +65,13 @@ def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
             inject_rank=cfg.skip.inject_rank,
             predicate=instantiate(cfg.skip.predicate) if cfg.skip.predicate else None,
             check_gradients=cfg.skip.check_gradients,
+            check_losses=cfg.skip.check_losses,
         ),
         gradient_clip_norm=optim.gradient_clip_norm,
         ema_decay=cfg.ema.decay if cfg.ema.enabled else None,
         ema_rampup=cfg.ema.rampup,
         max_iterations=cfg.train.iterations,
+        compile_networks=cfg.train.compile,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
 
