@@ -36,6 +36,7 @@ from gan_template.ema import GeneratorEMA
 from gan_template.guard import SkipGuard, SkipIteration, TooManySkips
 from gan_template.losses import discriminator_accuracy, get_loss
 from gan_template.penalties import get_penalty
+from gan_template.resume import gather_rng_states, restore_rng_state
 from gan_template.schedule import StepSchedule
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -391,6 +392,7 @@ class GANModule(L.LightningModule):
             "discriminator_updates": self.discriminator_updates,
             "guard": self.guard.state_dict(),
             "num_classes": getattr(self.generator, "num_classes", 0),
+            "rng": gather_rng_states(),  # every rank's, for an exact resume (resume.py)
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -398,6 +400,14 @@ class GANModule(L.LightningModule):
         self.iteration = state["iteration"]
         self.discriminator_updates = state["discriminator_updates"]
         self.guard.load_state_dict(state["guard"])
+        rng = state.get("rng")
+        if rng:
+            if len(rng) != self.trainer.world_size:
+                rank_zero_warn(
+                    f"the checkpoint holds RNG states of {len(rng)} rank(s) but this run has "
+                    f"{self.trainer.world_size}: the random stream will not continue exactly"
+                )
+            restore_rng_state(rng[self.global_rank % len(rng)])
 
     @property
     def sampling_generator(self) -> nn.Module:

@@ -47,21 +47,19 @@ class IterationCheckpoint(Callback):
         return self.directory(trainer) / "last.ckpt"
 
     def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         iteration = pl_module.iteration
-        if (
-            self.every_n_iterations
-            and iteration % self.every_n_iterations == 0
-            and iteration != self.last_saved_iteration
-            and iteration > 0
-        ):
+        if iteration == self.last_saved_iteration or iteration == 0:
+            return
+        if self.every_n_iterations and iteration % self.every_n_iterations == 0:
             self._save(trainer, iteration, numbered=True)
+        elif pl_module.max_iterations is not None and iteration >= pl_module.max_iterations:
+            # The final checkpoint is written here, inside the last batch, not in
+            # on_train_end: by then Lightning has counted the interrupted epoch as
+            # finished, and a resume would start the next epoch instead of
+            # continuing this one where the data order left off.
+            self._save(trainer, iteration, numbered=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.iteration != self.last_saved_iteration:

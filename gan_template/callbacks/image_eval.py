@@ -20,6 +20,7 @@ from gan_template.metrics.images import (
     load_or_train_classifier,
     to_unit_range,
 )
+from gan_template.resume import isolated_rng
 
 
 def default_cache_dir() -> Path:
@@ -147,6 +148,7 @@ class ImageQualityEvaluation(Callback):
         return torch.cat(chunks)
 
     @torch.no_grad()
+    @isolated_rng()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         self.last_evaluated = pl_module.iteration
         self._prepare(trainer)

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from gan_template.metrics.toy import ModeCoverage, mode_coverage
+from gan_template.resume import isolated_rng
 
 
 class ToyMixtureEvaluation(Callback):
@@ -73,6 +74,7 @@ class ToyMixtureEvaluation(Callback):
             )
 
     @torch.no_grad()
+    @isolated_rng()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ModeCoverage:
         datamodule = trainer.datamodule
         generator = pl_module.sampling_generator

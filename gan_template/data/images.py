@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from gan_template.data.sampling import EpochShuffledBatches
+from gan_template.data.sampling import training_loader
 
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeba")
 DATASETS = ("digits", *TORCHVISION_DATASETS, "folder")
@@ -183,23 +183,13 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.dataset is not None, "setup() must run first"
-        trainer = self.trainer
-        batches = EpochShuffledBatches(
-            len(self.dataset),  # type: ignore[arg-type]
-            self.batch_size * self.batches_per_iteration,
-            seed=self.data_seed,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-        )
-        if isinstance(self.dataset, TensorDataset):
-            # In memory: gather whole batches with one tensor index, no workers needed.
-            return DataLoader(self.dataset, sampler=batches, batch_size=None)
-        return DataLoader(
+        return training_loader(
             self.dataset,
-            batch_sampler=batches,
+            self.batch_size * self.batches_per_iteration,
+            self.data_seed,
+            self.trainer,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
         )
 
     def real_samples(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:

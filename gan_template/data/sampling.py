@@ -1,17 +1,21 @@
-"""Index batches for map-style datasets: shuffled per epoch, sharded per rank, reproducible.
+"""Index batches for map-style datasets: shuffled per epoch, sharded per rank, resumable mid-epoch.
 
 Lightning's automatic ``DistributedSampler`` injection is turned off
 (``use_distributed_sampler=False``) because the data modules here shard
 themselves: the order then depends only on ``(seed, epoch, rank, world_size)``,
-never on global RNG state, which makes runs and resumes reproducible.
+never on global RNG state. A resumed run starts its first epoch at the batch
+after the last one the checkpoint had consumed, so it sees exactly the data
+the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import lightning as L
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 
 class EpochShuffledBatches(Sampler[list[int]]):
@@ -20,6 +24,7 @@ class EpochShuffledBatches(Sampler[list[int]]):
     Every epoch draws a new permutation from ``seed + epoch``; rank ``r`` of
     ``w`` takes every ``w``-th index starting at ``r`` so ranks see disjoint
     data. Incomplete last batches are dropped (GAN steps want full batches).
+    ``start_batch`` skips that many batches of the next epoch iterated (once).
     """
 
     def __init__(
@@ -38,6 +43,7 @@ class EpochShuffledBatches(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.start_batch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
@@ -49,5 +55,63 @@ class EpochShuffledBatches(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.num_items, generator=generator)[self.rank :: self.world_size]
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield order[start : start + self.batch_size].tolist()
+        start, self.start_batch = self.start_batch, 0
+        for first in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size):
+            yield order[first : first + self.batch_size].tolist()
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning recognises as resumable (it has ``state_dict``).
+
+    The position itself is restored from Lightning's own loop progress in
+    :func:`training_loader`, which knows how many batches were consumed (the
+    loader cannot: it runs ahead of training by its prefetch depth).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler = (
+            self.batch_sampler
+            if isinstance(self.batch_sampler, EpochShuffledBatches)
+            else self.sampler
+        )
+        return {"seed": getattr(sampler, "seed", None), "epoch": getattr(sampler, "epoch", None)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to do: :func:`training_loader` already positioned the sampler."""
+
+
+def training_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    trainer: L.Trainer | None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The loader both data modules use: per-rank shards, resumed at the right batch."""
+    batches = EpochShuffledBatches(
+        len(dataset),  # type: ignore[arg-type]
+        batch_size,
+        seed=seed,
+        rank=trainer.global_rank if trainer else 0,
+        world_size=trainer.world_size if trainer else 1,
+    )
+    if trainer is not None and trainer.fit_loop.restarting:
+        # Batches of the current epoch the checkpoint had already trained on.
+        batches.start_batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    # Worker seeds come from this generator rather than the global RNG, so
+    # creating an iterator (at every epoch, and at a resume) leaves the
+    # training's random stream untouched.
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(dataset, TensorDataset):
+        # In memory: gather a whole batch with one tensor index instead of
+        # collating samples one by one; no workers needed.
+        return ResumableDataLoader(dataset, sampler=batches, batch_size=None, generator=generator)
+    return ResumableDataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from gan_template.data.sampling import EpochShuffledBatches
+from gan_template.data.sampling import training_loader
 
 
 def mixture_modes(name: str) -> tuple[Tensor, float]:
@@ -80,14 +80,6 @@ class ToyMixtureDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.dataset is not None, "setup() must run first"
-        trainer = self.trainer
-        batches = EpochShuffledBatches(
-            len(self.dataset),
-            self.batch_size * self.batches_per_iteration,
-            seed=self.data_seed,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
+        return training_loader(
+            self.dataset, self.batch_size * self.batches_per_iteration, self.data_seed, self.trainer
         )
-        # batch_size=None + a sampler of index lists: TensorDataset gathers a whole
-        # batch with one tensor index instead of collating samples one by one.
-        return DataLoader(self.dataset, sampler=batches, batch_size=None)

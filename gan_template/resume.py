@@ -1,0 +1,65 @@
+"""What Lightning's checkpoints leave out and an exact resume needs: every rank's RNG states.
+
+Lightning restores networks, optimizers, schedulers, loop progress and
+callback states. It does not restore random number generators, so a resumed
+run draws different noise than the uninterrupted one would have. The module
+stores each rank's states (gathered to rank 0, which writes the file) and puts
+them back on load. The data order is restored separately: it depends only on
+``(data_seed, epoch, rank)`` and the position in the epoch (``data/sampling.py``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The state of every global RNG this process uses."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        # As plain types, so checkpoints stay loadable with torch.load(weights_only=True).
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    name, keys, position, has_gauss, cached_gaussian = state
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian))
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (a collective: call it on all ranks)."""
+    state = capture_rng_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [state]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+@contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run code that draws random numbers (metrics: KID's subsets) without moving the training's stream."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+        yield

@@ -1,0 +1,49 @@
+"""Exact resume: N iterations, stop, resume to 2N gives the 2N-iteration run, bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import run, same_tensors
+
+SMALL_EPOCHS = {"ring": ["data.num_samples=2048"], "dcgan": ["data.batch_size=256"]}  # 8 and 7 batches
+
+
+def last_checkpoint(run_dir: Path) -> dict[str, Any]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+@pytest.mark.parametrize("experiment", ["ring", "dcgan"])
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
+    make_config, tmp_path: Path, experiment: str
+) -> None:
+    common = [
+        f"experiment={experiment}",
+        "trainer.deterministic=true",
+        "skip.inject_nonfinite_at=[3,14]",  # a skip before the interruption and one after
+        # Evaluations draw random numbers too (KID subsets): they must not disturb training.
+        f"callbacks.{'toy_eval' if experiment == 'ring' else 'image_eval'}.every_n_iterations=5",
+        *SMALL_EPOCHS[experiment],  # so the runs cross epoch boundaries
+    ]
+    if experiment == "dcgan":
+        common.append("callbacks.image_eval.num_samples=256")
+    straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
+    run(make_config(*common, "train.iterations=20", run_dir=straight))
+    run(make_config(*common, "train.iterations=10", run_dir=first))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    run(make_config(*common, "train.iterations=20", f"ckpt_path={ckpt}", run_dir=resumed))
+
+    expected, actual = last_checkpoint(straight), last_checkpoint(resumed)
+    assert actual["gan_template"]["iteration"] == 20
+    assert actual["gan_template"]["guard"] == expected["gan_template"]["guard"]
+    assert actual["gan_template"]["guard"]["counts"] == {"nonfinite_loss": 2}
+    # Networks, EMA, BatchNorm statistics: every tensor identical.
+    assert expected["state_dict"].keys() == actual["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, actual["state_dict"][key]), key
+    assert same_tensors(expected["optimizer_states"], actual["optimizer_states"])
+    assert same_tensors(expected["gan_template"]["rng"][0]["torch"], actual["gan_template"]["rng"][0]["torch"])
+    assert expected["loops"]["fit_loop"]["epoch_progress"] == actual["loops"]["fit_loop"]["epoch_progress"]
