@@ -36,7 +36,7 @@ def time_run(overrides: list[str], iterations: int, run_dir: Path) -> float:
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     command = [
         sys.executable, "-m", "gan_template", "experiment=ring", f"train.iterations={iterations}",
-        "trainer.enable_progress_bar=false", "~callbacks.toy_eval", "+callbacks.timer._target_=timing.IterationTimer",
+        "trainer.enable_progress_bar=false", "~callbacks.toy_eval", "+callbacks.timer._target_=timing.IterationTimer", "extra_target_prefixes=[timing.]",
         "callbacks.checkpoint.every_n_iterations=0", f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, text=True, env=env)
@@ -55,7 +55,8 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for repeat in range(args.repeats):
         for name, overrides in CONFIGS.items():  # alternate configurations
-            run_dir = root / f"{name.replace(' ', '_').replace(',', '')}_{repeat}"
+            slug = "".join(c if c.isalnum() else "_" for c in name)
+            run_dir = root / f"{slug}_{repeat}"
             times[name].append(time_run([*overrides, *args.overrides], args.iterations, run_dir))
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"{'configuration':<34} {'ms / iteration':>15}")

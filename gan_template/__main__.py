@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from gan_template.config import register_schema
+from gan_template.errors import UserInputError
+
 #: conf/ at the repository root, found from this file so any working directory works.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+register_schema()  # before Hydra composes: conf/config.yaml starts from it
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
@@ -17,7 +22,12 @@ def main(cfg: DictConfig) -> None:
     from gan_template.train import train  # after Hydra parsed the command line: fast --help
 
     _route_lightning_logs_through_hydra()
-    train(cfg)
+    try:
+        train(cfg)
+    except UserInputError as error:
+        # A wrong setting or missing data: the message says which and how to fix it.
+        print(f"gan_template: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _route_lightning_logs_through_hydra() -> None:

@@ -34,6 +34,7 @@ from torchmetrics import MeanMetric
 from gan_template.distributed import all_reduce_gradients, disable_reducer
 from gan_template.ema import GeneratorEMA
 from gan_template.guard import SkipGuard, SkipIteration, TooManySkips
+from gan_template.logs import log_at_iteration
 from gan_template.losses import discriminator_accuracy, get_loss
 from gan_template.penalties import get_penalty
 from gan_template.resume import gather_rng_states, restore_rng_state
@@ -340,8 +341,7 @@ class GANModule(L.LightningModule):
             "epoch/d_accuracy_real": self.epoch_accuracy_real.compute(),
             "epoch/d_accuracy_fake": self.epoch_accuracy_fake.compute(),
         }
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=self.iteration)
+        log_at_iteration(self.loggers, metrics, self.iteration)
         self.epoch_accuracy_real.reset()
         self.epoch_accuracy_fake.reset()
 
@@ -364,8 +364,7 @@ class GANModule(L.LightningModule):
         metrics["train/skipped"] = self.guard.total
         for reason, count in self.guard.counts.items():
             metrics[f"train/skipped_{reason}"] = count
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=self.iteration)
+        log_at_iteration(self.loggers, metrics, self.iteration)
         # The progress bar reads Lightning's logged metrics.
         self.log_dict(
             {"d_loss": outputs["d_loss"], "g_loss": outputs["g_loss"]}, prog_bar=True, logger=False

@@ -36,7 +36,9 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     name, keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    np.random.set_state(
+        (name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian)
+    )
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -44,7 +46,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def _numpy_state_to_plain(state: tuple) -> tuple:
     name, keys, position, has_gauss, cached_gaussian = state
-    return (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian))
+    return (
+        name,
+        torch.from_numpy(keys.astype(np.int64)),
+        int(position),
+        int(has_gauss),
+        float(cached_gaussian),
+    )
 
 
 def gather_rng_states() -> list[dict[str, Any]]:

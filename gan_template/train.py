@@ -16,6 +16,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from gan_template.config import validate
+from gan_template.errors import ConfigError
 from gan_template.guard import SkipGuard
 from gan_template.module import GANModule
 from gan_template.schedule import StepSchedule
@@ -32,7 +34,7 @@ def build_networks(cfg: DictConfig, num_classes: int = 0) -> tuple[nn.Module, nn
     if not cfg.model.get("conditional", False):
         return instantiate(cfg.model.generator), instantiate(cfg.model.discriminator)
     if num_classes < 1:
-        raise ValueError(
+        raise ConfigError(
             f"model.conditional=true needs labelled data, but data.name={cfg.data.get('name')} "
             "has no class labels; set model.conditional=false"
         )
@@ -81,7 +83,7 @@ def check_shapes(module: GANModule, datamodule: L.LightningDataModule) -> None:
     data_shape = tuple(datamodule.sample_shape)
     generated = tuple(module.generator.sample_shape)
     if data_shape != generated:
-        raise ValueError(
+        raise ConfigError(
             f"the generator produces samples of shape {generated} but the data "
             f"({type(datamodule).__name__}) has samples of shape {data_shape}; "
             "make model.* sizes match the data (images: model.*.channels/resolution follow "
@@ -94,7 +96,7 @@ def resolve_checkpoint(ckpt_path: str | None) -> str | None:
         return None
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file, for example "
             "<run dir>/checkpoints/last.ckpt"
         )
@@ -103,6 +105,7 @@ def resolve_checkpoint(ckpt_path: str | None) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a GAN as ``cfg`` describes; returns the final logged metrics and the run directory."""
+    validate(cfg)  # every config error at once, before anything is built or loaded
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"Run directory: {run_dir}", flush=True)

@@ -21,7 +21,7 @@ def run_ddp(run_dir: Path, *overrides: str, timeout: float = 240) -> list[dict]:
     }
     command = [
         sys.executable, "-m", "gan_template", "trainer=ddp_cpu", "experiment=ring", "trainer.enable_progress_bar=false",
-        "trainer.log_every_n_steps=1", "+callbacks.rank_report._target_=ddp_probe.RankReport",
+        "trainer.log_every_n_steps=1", "+callbacks.rank_report._target_=ddp_probe.RankReport", "extra_target_prefixes=[ddp_probe.]",
         f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
     # A rank that skips a backward the other runs hangs in the all-reduce: the timeout turns that into a failure.

@@ -9,7 +9,10 @@ import pytest
 import torch
 from helpers import run, same_tensors
 
-SMALL_EPOCHS = {"ring": ["data.num_samples=2048"], "dcgan": ["data.batch_size=256"]}  # 8 and 7 batches
+SMALL_EPOCHS = {
+    "ring": ["data.num_samples=2048"],
+    "dcgan": ["data.batch_size=256"],
+}  # 8 and 7 batches
 
 
 def last_checkpoint(run_dir: Path) -> dict[str, Any]:
@@ -45,5 +48,10 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
     for key, value in expected["state_dict"].items():
         assert torch.equal(value, actual["state_dict"][key]), key
     assert same_tensors(expected["optimizer_states"], actual["optimizer_states"])
-    assert same_tensors(expected["gan_template"]["rng"][0]["torch"], actual["gan_template"]["rng"][0]["torch"])
-    assert expected["loops"]["fit_loop"]["epoch_progress"] == actual["loops"]["fit_loop"]["epoch_progress"]
+    assert same_tensors(
+        expected["gan_template"]["rng"][0]["torch"], actual["gan_template"]["rng"][0]["torch"]
+    )
+    assert (
+        expected["loops"]["fit_loop"]["epoch_progress"]
+        == actual["loops"]["fit_loop"]["epoch_progress"]
+    )

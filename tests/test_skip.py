@@ -55,6 +55,7 @@ def test_user_predicate_skips_with_its_own_reason(make_config, experiment: str) 
         "train.iterations=3",
         f"skip.predicate={{_target_: {__name__}.reject_iteration_one, _partial_: true}}",
         "skip.max_consecutive=3",
+        f"extra_target_prefixes=[{__name__}.]",
     )
     recorder = StepRecorder()
     without_evaluation(cfg)

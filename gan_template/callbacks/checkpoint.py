@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gan_template.guard import TooManySkips
 
@@ -47,7 +48,12 @@ class IterationCheckpoint(Callback):
         return self.directory(trainer) / "last.ckpt"
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         iteration = pl_module.iteration
         if iteration == self.last_saved_iteration or iteration == 0:
@@ -70,16 +76,19 @@ class IterationCheckpoint(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         # Save only where every rank is known to be here: a too-many-skips stop is
-        # decided identically on all ranks; an interrupt in a single process is
-        # safe. Anything else may have hit one rank only, and the save's barrier
-        # would hang.
-        if isinstance(exception, TooManySkips) or (
-            isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1
-        ):
+        # decided identically on all ranks, and Lightning raises SIGTERMException
+        # on all ranks together (it broadcasts the signal); Ctrl-C is safe in a
+        # single process. Anything else may have hit one rank only, and the
+        # save's barrier would hang.
+        agreed = isinstance(exception, (TooManySkips, SIGTERMException))
+        if agreed or (isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1):
             self._save(trainer, pl_module.iteration, numbered=False)
+            what = (
+                "SIGTERM" if isinstance(exception, SIGTERMException) else type(exception).__name__
+            )
             rank_zero_info(
-                f"Saved {self.last_path(trainer)} at iteration {pl_module.iteration}; resume with "
-                f"ckpt_path={self.last_path(trainer)}"
+                f"{what}: saved a resumable checkpoint at iteration {pl_module.iteration}. Resume with "
+                f"the same overrides plus ckpt_path={self.last_path(trainer)}"
             )
 
     def _save(self, trainer: L.Trainer, iteration: int, numbered: bool) -> None:

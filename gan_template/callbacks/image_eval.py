@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from gan_template.logs import log_at_iteration
 from gan_template.metrics.images import (
     FeatureExtractor,
     class_coverage,
@@ -162,10 +163,9 @@ class ImageQualityEvaluation(Callback):
             )
             result |= coverage.as_dict()
         self.result = result
-        for logger in trainer.loggers:
-            logger.log_metrics(
-                {f"image/{k}": v for k, v in result.items()}, step=pl_module.iteration
-            )
+        log_at_iteration(
+            trainer.loggers, {f"image/{k}": v for k, v in result.items()}, pl_module.iteration
+        )
         return result
 
 

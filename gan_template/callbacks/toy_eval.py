@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from gan_template.logs import log_at_iteration
 from gan_template.metrics.toy import ModeCoverage, mode_coverage
 from gan_template.resume import isolated_rng
 
@@ -95,8 +96,7 @@ class ToyMixtureEvaluation(Callback):
             "toy/high_quality": self.result.high_quality,
             "toy/reverse_kl": self.result.reverse_kl,
         }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=pl_module.iteration)
+        log_at_iteration(trainer.loggers, metrics, pl_module.iteration)
         if self.save_plots and trainer.is_global_zero:
             self._plot(
                 samples, datamodule.modes, Path(trainer.default_root_dir), pl_module.iteration

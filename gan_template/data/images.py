@@ -16,6 +16,7 @@ Every image is resized and centre-cropped to ``resolution``, converted to
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from gan_template.data.sampling import training_loader
+from gan_template.errors import DataError
 
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeba")
 DATASETS = ("digits", *TORCHVISION_DATASETS, "folder")
+MAX_UNREADABLE_FRACTION = 0.1
 NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "celeba": 0}
 
 
@@ -69,6 +72,10 @@ class ImageDataModule(L.LightningDataModule):
         download: let torchvision download the dataset into ``root`` (needs internet).
         num_workers, pin_memory: DataLoader settings for file-backed datasets.
         data_seed: seed of the shuffling order.
+        verify_images: for ``folder``, open every file once at start-up: unreadable
+            ones are skipped with a warning naming them (an error if more than
+            ``MAX_UNREADABLE_FRACTION`` of the folder), instead of crashing a
+            worker mid-run.
     """
 
     def __init__(
@@ -83,6 +90,7 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         data_seed: int = 0,
+        verify_images: bool = True,
     ) -> None:
         super().__init__()
         if name not in DATASETS:
@@ -101,6 +109,8 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.data_seed = data_seed
+        self.verify_images = verify_images
+        self.unreadable_files: list[str] = []
         self.sample_shape: tuple[int, ...] = (channels, resolution, resolution)
         self.num_classes = NUM_CLASSES.get(name, 0)
         if name == "folder" and self.root.is_dir():
@@ -155,7 +165,7 @@ class ImageDataModule(L.LightningDataModule):
         except RuntimeError as error:
             if self.download:
                 raise
-            raise FileNotFoundError(
+            raise DataError(
                 f"data.name={self.name}: no usable dataset files under data.root={self.root} "
                 f"({error}). Set data.download=true to fetch it (needs internet), or point "
                 "data.root at the folder that holds torchvision's layout for it"
@@ -165,19 +175,51 @@ class ImageDataModule(L.LightningDataModule):
         from torchvision.datasets import ImageFolder
 
         if not self.root.is_dir():
-            raise FileNotFoundError(
+            raise DataError(
                 f"data.root={self.root} does not exist; set data.root to a folder of images "
                 "laid out as <root>/<class name>/<image file> (one subfolder is fine)"
             )
         try:
             dataset = ImageFolder(str(self.root), transform=self.transform())
         except FileNotFoundError as error:
-            raise FileNotFoundError(
+            raise DataError(
                 f"data.root={self.root} holds no images in class subfolders ({error}); put the "
                 "images in <root>/<class name>/ (jpg, png, ...)"
             ) from error
         self.num_classes = len(dataset.classes)
+        if self.verify_images:
+            self._drop_unreadable(dataset)
         return dataset
+
+    def _drop_unreadable(self, dataset: Any) -> None:
+        from PIL import Image
+
+        unreadable = []
+        for path, _ in dataset.samples:
+            try:
+                with Image.open(path) as image:
+                    image.verify()
+            except Exception:  # PIL raises many types for broken files
+                unreadable.append(path)
+        if not unreadable:
+            return
+        names = ", ".join(unreadable[:10]) + (
+            f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
+        )
+        if len(unreadable) > MAX_UNREADABLE_FRACTION * len(dataset.samples):
+            raise DataError(
+                f"data.root={self.root}: {len(unreadable)} of {len(dataset.samples)} image files cannot be "
+                f"read ({names}); fix or remove them, or point data.root at the right folder"
+            )
+        warnings.warn(
+            f"skipping {len(unreadable)} unreadable image file(s) under data.root={self.root}: {names}",
+            stacklevel=2,
+        )
+        self.unreadable_files = unreadable
+        bad = set(unreadable)
+        dataset.samples = [sample for sample in dataset.samples if sample[0] not in bad]
+        dataset.imgs = dataset.samples
+        dataset.targets = [label for _, label in dataset.samples]
 
     # ---- serving it ---------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from gan_template.errors import DataError
+
 
 class EpochShuffledBatches(Sampler[list[int]]):
     """Yields lists of indices, ``batch_size`` each, covering this rank's shard of one epoch.
@@ -33,7 +35,7 @@ class EpochShuffledBatches(Sampler[list[int]]):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         if num_items // world_size < batch_size:
-            raise ValueError(
+            raise DataError(
                 f"a dataset of {num_items} items split over {world_size} rank(s) cannot fill one batch "
                 f"of {batch_size}; lower data.batch_size (or train.n_critic) or use more data"
             )

@@ -1,0 +1,215 @@
+"""The config schema: what ``conf/`` may say, checked before anything is built.
+
+Two layers, both before any data is loaded:
+
+1. **Structure and types.** :class:`RunConfig` is registered in Hydra's
+   ConfigStore as ``schema`` and is the first entry of ``conf/config.yaml``'s
+   defaults, so Hydra refuses an unknown key (``trian.iterations=5``) or a
+   value of the wrong type (``train.iterations=many``) while composing.
+2. **Values and targets.** :func:`validate` checks ranges and names (n_critic
+   >= 1, lr > 0, EMA decay in [0, 1), a known loss, a resolution the networks
+   can produce, ...), that every ``_target_`` lies in an allowed package
+   (Hydra 1.4 will require such an allow-list), and that every key of a
+   ``_target_`` node is a parameter of that callable (``model.generator.widht``
+   would otherwise fail late, deep inside ``instantiate``). All problems are
+   reported at once, each naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_method
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from gan_template.errors import ConfigError
+from gan_template.losses import LOSSES
+from gan_template.penalties import PENALTIES
+
+#: Packages whose callables a config may instantiate, besides ``extra_target_prefixes``.
+ALLOWED_TARGET_PREFIXES = ("gan_template.", "torch.", "torchvision.", "torchmetrics.", "lightning.")
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 2000
+    """Generator updates; the run stops exactly here (not Lightning's global_step)."""
+    n_critic: int = 1
+    """Discriminator updates per generator update."""
+    compile: bool = False
+    """torch.compile the networks (not the step: Lightning #21513)."""
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = True
+    """Keep an exponential moving average of the generator for samples and metrics."""
+    decay: float = 0.999
+    """Final decay per generator update, in [0, 1)."""
+    rampup: float | None = 0.05
+    """StyleGAN2 ramp: the average spans at most rampup * iterations updates; null disables it."""
+
+
+@dataclass
+class SkipConfig:
+    max_consecutive: int = 20
+    """Stop (after saving last.ckpt) after this many skipped iterations in a row; 0 never stops."""
+    inject_nonfinite_at: list[int] = field(default_factory=list)
+    """Iterations whose discriminator loss is made NaN once, to exercise the skip path."""
+    inject_rank: int | None = None
+    """Inject on this rank only; null injects on every rank."""
+    check_gradients: bool = True
+    """Skip an update whose gradient norm is non-finite."""
+    check_losses: bool = True
+    """Take the pre-backward skip decision (one tiny collective per update)."""
+    predicate: Any = None
+    """Optional ``{_target_: pkg.fn, _partial_: true}``, called as fn(metrics, iteration) -> bool."""
+
+
+@dataclass
+class LossConfig:
+    name: str = "non_saturating"
+    """One of gan_template.losses.LOSSES."""
+
+
+@dataclass
+class PenaltyConfig:
+    name: str = "none"
+    """none, gradient_penalty or r1."""
+    weight: float = 0.0
+    """Multiplier of the penalty (WGAN-GP's lambda; R1: gamma / 2)."""
+    interval: int = 1
+    """Apply it every k-th discriminator update (lazy regularisation), scaled by k."""
+
+
+@dataclass
+class PathsConfig:
+    run_dir: str = MISSING
+    """Where the run writes everything (Hydra's run directory by default)."""
+
+
+@dataclass
+class RunConfig:
+    # Groups whose keys depend on their _target_ (checked against its signature by validate()).
+    data: Any = MISSING
+    model: Any = MISSING
+    optim: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = None
+    callbacks: Any = None
+    # Groups and sections with a fixed shape.
+    loss: LossConfig = field(default_factory=LossConfig)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    skip: SkipConfig = field(default_factory=SkipConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+    """Seeds python, numpy and torch."""
+    ckpt_path: str | None = None
+    """Resume from this checkpoint."""
+    extra_target_prefixes: list[str] = field(default_factory=list)
+    """Packages besides gan_template, torch, torchvision, torchmetrics and lightning that
+    configs may instantiate (your own networks, callbacks, predicates)."""
+
+
+def register_schema() -> None:
+    ConfigStore.instance().store(name="schema", node=RunConfig)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming every invalid value in ``cfg``."""
+    problems: list[str] = []
+
+    def need(condition: bool, key: str, allowed: str) -> None:
+        if not condition:
+            value = OmegaConf.select(cfg, key, default=None)
+            problems.append(f"{key}={value!r}: {allowed}")
+
+    need(cfg.train.iterations >= 1, "train.iterations", "must be >= 1")
+    need(cfg.train.n_critic >= 1, "train.n_critic", "must be >= 1")
+    need(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
+    need(cfg.ema.rampup is None or cfg.ema.rampup > 0, "ema.rampup", "must be > 0 or null")
+    need(cfg.loss.name in LOSSES, "loss.name", f"must be one of {sorted(LOSSES)}")
+    penalties = ["none", *sorted(PENALTIES)]
+    need(cfg.penalty.name in penalties, "penalty.name", f"must be one of {penalties}")
+    need(cfg.penalty.weight >= 0, "penalty.weight", "must be >= 0")
+    need(cfg.penalty.interval >= 1, "penalty.interval", "must be >= 1")
+    need(
+        cfg.skip.max_consecutive >= 0, "skip.max_consecutive", "must be >= 0 (0 disables the limit)"
+    )
+    need(
+        cfg.skip.inject_rank is None or cfg.skip.inject_rank >= 0,
+        "skip.inject_rank",
+        "must be >= 0 or null",
+    )
+    clip = cfg.optim.get("gradient_clip_norm")
+    need(clip is None or clip > 0, "optim.gradient_clip_norm", "must be > 0 or null")
+    for net in ("generator", "discriminator"):
+        lr = OmegaConf.select(cfg, f"optim.{net}.lr", default=None)
+        need(lr is None or lr > 0, f"optim.{net}.lr", "must be > 0")
+    batch_size = cfg.data.get("batch_size")
+    need(batch_size is None or batch_size >= 1, "data.batch_size", "must be >= 1")
+    resolution = cfg.data.get("resolution")
+    if resolution is not None:
+        power_of_two = resolution >= 8 and resolution & (resolution - 1) == 0
+        need(
+            power_of_two,
+            "data.resolution",
+            "the image networks need a power of two >= 8 (16, 32, 64, ...)",
+        )
+    channels = cfg.data.get("channels")
+    need(channels is None or channels in (1, 3), "data.channels", "must be 1 (grey) or 3 (RGB)")
+
+    allowed = (*ALLOWED_TARGET_PREFIXES, *cfg.get("extra_target_prefixes", []))
+    for key, node in _target_nodes(cfg):
+        problems += _check_target(key, node, allowed)
+    if problems:
+        raise ConfigError(
+            "invalid config:\n  - "
+            + "\n  - ".join(problems)
+            + "\n(`python -m gan_template --cfg job` "
+            "prints the composed config; conf/ documents every key)"
+        )
+
+
+def _target_nodes(node: Any, key: str = "") -> list[tuple[str, DictConfig]]:
+    found: list[tuple[str, DictConfig]] = []
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            found.append((key, node))
+        for child_key in node:
+            child = node._get_node(child_key)
+            found += _target_nodes(child, f"{key}.{child_key}" if key else str(child_key))
+    elif isinstance(node, ListConfig):
+        for i, child in enumerate(node):
+            found += _target_nodes(child, f"{key}[{i}]")
+    return found
+
+
+def _check_target(key: str, node: DictConfig, allowed: tuple[str, ...]) -> list[str]:
+    target = node._target_
+    where = f"{key}._target_" if key else "_target_"
+    if not str(target).startswith(allowed):
+        return [
+            f"{where}={target!r}: only callables from {list(allowed)} may be instantiated; add your "
+            "package to extra_target_prefixes (e.g. extra_target_prefixes=[my_project.])"
+        ]
+    try:
+        factory = get_method(target)
+    except Exception as error:  # Hydra wraps import errors in several types
+        return [f"{where}={target!r}: cannot be imported ({error})"]
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return []  # builtins without a signature: let instantiate decide
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    unknown = [k for k in node if not str(k).startswith("_") and k not in parameters]
+    return [
+        f"{key}.{name}: not a parameter of {target}; valid: {sorted(p for p in parameters if p != 'self')}"
+        for name in unknown
+    ]

@@ -1,0 +1,114 @@
+"""Bad configs and bad data: each stops early with a message naming the problem and the fix.
+
+Every case runs the real command line. Mistakes Hydra catches while composing
+(unknown keys, wrong types) exit with Hydra's status 1; everything the
+template checks exits with status 2 and a one-line-per-problem message, before
+any data is loaded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CASES = [
+    # (overrides, exit code, message fragment)
+    (["trian.iterations=5"], 1, "Key 'trian' not in 'RunConfig'"),
+    (["train.iterations=many"], 1, "Value 'many' of type 'str' could not be converted to Integer"),
+    (["train.n_critic=0"], 2, "train.n_critic=0: must be >= 1"),
+    (["train.iterations=0"], 2, "train.iterations=0: must be >= 1"),
+    (["optim.generator.lr=-0.1"], 2, "optim.generator.lr=-0.1: must be > 0"),
+    (["ema.decay=1.0"], 2, "ema.decay=1.0: must be in [0, 1)"),
+    (["loss.name=wgan"], 2, "loss.name='wgan': must be one of ['hinge', 'least_squares'"),
+    (
+        ["penalty.name=gp"],
+        2,
+        "penalty.name='gp': must be one of ['none', 'gradient_penalty', 'r1']",
+    ),
+    (["skip.max_consecutive=-1"], 2, "skip.max_consecutive=-1: must be >= 0"),
+    (["data.resolution=24"], 2, "data.resolution=24: the image networks need a power of two"),
+    (["data.channels=2"], 2, "data.channels=2: must be 1 (grey) or 3 (RGB)"),
+    (
+        ["+model.generator.widht=8"],
+        2,
+        "model.generator.widht: not a parameter of gan_template.nets.dcgan",
+    ),
+    (
+        ["model.generator._target_=os.system"],
+        2,
+        "model.generator._target_='os.system': only callables from",
+    ),
+    (["ckpt_path=missing.ckpt"], 2, "ckpt_path=missing.ckpt does not exist"),
+    (["data.batch_size=5000"], 2, "cannot fill one batch of 5000"),
+    (
+        ["experiment=ring", "model.generator.data_dim=3"],
+        2,
+        "generator produces samples of shape (3,)",
+    ),
+    (
+        ["experiment=ring", "model.conditional=true"],
+        2,
+        "model.conditional=true needs labelled data",
+    ),
+    (
+        ["data=folder", "data.root={tmp}/nowhere"],
+        2,
+        "/nowhere does not exist; set data.root to a folder",
+    ),
+    (["data=folder", "data.root={tmp}/empty"], 2, "holds no images in class subfolders"),
+    (["data=folder", "data.root={tmp}/corrupt"], 2, "3 of 3 image files cannot be read"),
+    (["data=mnist", "data.root={tmp}/empty"], 2, "no usable dataset files under data.root"),
+    (["data=folder"], 1, "Missing mandatory value: data.root"),
+]
+
+
+def make_bad_data(tmp: Path) -> None:
+    (tmp / "empty").mkdir()
+    corrupt = tmp / "corrupt" / "class0"
+    corrupt.mkdir(parents=True)
+    for i in range(3):
+        (corrupt / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code", "message"), CASES, ids=[" ".join(c[0]) for c in CASES]
+)
+def test_bad_input_stops_early_with_a_clear_message(
+    tmp_path: Path, overrides: list[str], code: int, message: str
+) -> None:
+    make_bad_data(tmp_path)
+    args = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    completed = subprocess.run(
+        [sys.executable, "-m", "gan_template", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == code, output[-3000:]
+    assert message.replace("{tmp}", str(tmp_path)) in output, output[-3000:]
+    if code == 2:
+        assert "Traceback" not in completed.stderr  # one clean message, no stack trace
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+
+
+def test_a_few_unreadable_images_are_skipped_with_a_warning_naming_them(tmp_path: Path) -> None:
+    from gan_template.data.images import ImageDataModule
+
+    folder = tmp_path / "images" / "cats"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    module = ImageDataModule(
+        "folder", root=str(tmp_path / "images"), resolution=16, channels=3, batch_size=8
+    )
+    with pytest.warns(UserWarning, match=r"skipping 1 unreadable image file\(s\).*broken.png"):
+        module.setup("fit")
+    assert len(module.dataset) == 30 and module.unreadable_files == [str(folder / "broken.png")]
+    images, _ = next(iter(module.train_dataloader()))
+    assert images.shape == (8, 3, 16, 16)

@@ -1,0 +1,47 @@
+"""SIGTERM (what schedulers send before killing a job) leaves a checkpoint the run resumes from."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    common = [
+        "experiment=ring",
+        "trainer.enable_progress_bar=false",
+        "callbacks.toy_eval.every_n_iterations=0",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gan_template", *common, "train.iterations=1000000", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    metrics = run_dir / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.stat().st_size > 0):  # training is under way
+        assert process.poll() is None and time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file(), output[-3000:]
+    assert f"Resume with the same overrides plus ckpt_path={checkpoint}" in output
+    stopped_at = torch.load(checkpoint, weights_only=False)["gan_template"]["iteration"]
+    assert 0 < stopped_at < 1000000
+
+    resumed = tmp_path / "resumed"
+    completed = subprocess.run(
+        [sys.executable, "-m", "gan_template", *common, f"train.iterations={stopped_at + 25}",
+         f"ckpt_path={checkpoint}", f"hydra.run.dir={resumed}", "callbacks.toy_eval.every_n_iterations=0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads((resumed / "toy_metrics.json").read_text())["iteration"] == stopped_at + 25
