@@ -9,11 +9,14 @@ An iteration (see ``schedule.py``)::
         backward, all-reduce grads, clip, step D
     loss_G = G-loss(D(fake))                         generator phase
     skip?  -> same rule
-    backward, all-reduce grads, clip, step G; step LR schedulers
+    backward, all-reduce grads, clip, step G
+    count the iteration (or the skip), update the EMA, step LR schedulers
 
 ``training_step`` returns a dict of detached scalars, or ``None`` when the
-iteration was skipped. ``on_train_batch_end`` does the bookkeeping: skip
-accounting, the generator EMA, logging, and the stop at ``max_iterations``.
+iteration was skipped. ``on_train_batch_end`` reads what the step left: it
+logs, keeps epoch aggregates, stops after ``skip.max_consecutive`` skips in a
+row or at ``max_iterations``. Nothing from the step outlives it: the outputs
+are detached scalars and no tensor of the step is kept on the module.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class GANModule(L.LightningModule):
         self.epoch_accuracy_fake = MeanMetric()
 
         # Per-step scratch, cleared before the step ends.
-        self._pending_skip: tuple[str, str] | None = None  # (reason, phase); never the exception
+        self._last_skip_reason: str | None = None  # a string: never keep the exception (its frames)
         self._grad_norm: Tensor | None = None
         self._grads_finite = True
 
@@ -150,14 +153,30 @@ class GANModule(L.LightningModule):
                 )
             metrics |= self.generator_step(optimizer_g, fake, labels_k)
         except SkipIteration as skip:
-            self._pending_skip = (skip.reason, skip.phase)
             for buffer, saved in zip(self._running_buffers, saved_buffers, strict=True):
                 buffer.copy_(saved)
+            self._end_iteration(skip.reason)
             return None
+        self._end_iteration(None)
+        return metrics
+
+    def _end_iteration(self, skip_reason: str | None) -> None:
+        """Advance the run state: skip counters, or iteration count, EMA and LR schedules.
+
+        This happens here, not in ``on_train_batch_end``: Lightning calls the
+        callbacks' ``on_train_batch_end`` (checkpointing among them) *before*
+        the module's, so anything a checkpoint must contain has to be final
+        when ``training_step`` returns.
+        """
+        self.guard.record(skip_reason)
+        self._last_skip_reason = skip_reason
+        if skip_reason is not None:
+            return
         self.iteration += 1
+        if self.generator_ema is not None:
+            self.generator_ema.update(self.generator, self.iteration)
         for scheduler in self._lr_schedulers():
             scheduler.step()
-        return metrics
 
     def discriminator_step(
         self, optimizer: Optimizer, real: Tensor, fake: Tensor, labels: Tensor | None, first: bool
@@ -307,20 +326,14 @@ class GANModule(L.LightningModule):
             self.trainer.should_stop = True
 
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
-        skip, self._pending_skip = self._pending_skip, None
-        if skip is None:
-            self.guard.record(None)
-            if self.generator_ema is not None:
-                self.generator_ema.update(self.generator, self.iteration)
+        skipped = self._last_skip_reason is not None
+        # Lightning turns a None return into {} in manual optimization.
+        assert skipped == (not outputs), "training_step returns None exactly when it skips"
+        if not skipped:
             self.epoch_accuracy_real.update(outputs["d_accuracy_real"])
             self.epoch_accuracy_fake.update(outputs["d_accuracy_fake"])
-        else:
-            # Lightning turns a None return into {} in manual optimization.
-            assert not outputs, "a skipped iteration must not return metrics"
-            self.guard.record(skip[0])
-
-        if skip is None and self._logging_step():
-            self._log_iteration(outputs)
+            if self._logging_step():
+                self._log_iteration(outputs)
 
         if self.guard.limit_reached():
             raise TooManySkips(
