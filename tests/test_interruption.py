@@ -23,13 +23,16 @@ def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path: P
         [sys.executable, "-m", "gan_template", *common, "train.iterations=1000000", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    metrics = run_dir / "metrics.csv"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.stat().st_size > 0):  # training is under way
-        assert process.poll() is None and time.monotonic() < deadline, "the run did not start"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
+    try:
+        metrics = run_dir / "metrics.csv"
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.stat().st_size > 0):  # training is under way
+            assert process.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()  # never leave a million-iteration run behind
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file(), output[-3000:]
