@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -48,23 +48,32 @@ def disable_reducer(wrapped_model: nn.Module) -> bool:
     return True
 
 
-def all_reduce_gradients(parameters: Iterable[nn.Parameter], world_size: int) -> None:
+def all_reduce_gradients(
+    parameters: Iterable[nn.Parameter], world_size: int, extra: Tensor | None = None
+) -> Tensor | None:
     """Average the gradients of ``parameters`` over all ranks in one flat all-reduce.
 
-    A parameter without a gradient contributes zeros, so every rank sends a
-    buffer of the same layout whatever its local graph looked like.
+    ``extra`` (the skip flags, ``guard.py``) rides in the same buffer and comes
+    back *summed* over ranks, so agreeing on a skip costs no collective of its
+    own. A parameter without a gradient contributes zeros, so every rank sends
+    a buffer of the same layout whatever its local graph looked like.
     """
     if world_size <= 1 or not dist.is_available() or not dist.is_initialized():
-        return
+        return extra
     params = list(parameters)
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    pieces = [g.reshape(-1) for g in grads]
+    if extra is not None:
+        # Pre-multiplied so that the division below leaves the flags summed.
+        pieces.append(extra.to(grads[0].dtype) * world_size)
+    flat = torch.cat(pieces)
     flat.div_(world_size)
     dist.all_reduce(flat)
     offset = 0
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+    return flat[offset:] if extra is not None else None

@@ -5,15 +5,25 @@ non-finite, that a user predicate rejects, or whose gradients are non-finite.
 Updates already applied earlier in the same iteration (for example the first
 of several critic updates) stay applied; nothing after the failing update runs.
 
-Why the rank agreement matters: under DDP every backward ends in a gradient
-all-reduce. A rank that skips a backward the other ranks run leaves them waiting
-in that collective forever. Lightning gives no help in manual optimization
-(a ``None`` return is simply turned into ``{}``; Lightning issue #5243), so the
-decision made here is reduced across ranks *before* any backward: if any rank
-wants to skip, every rank skips, for the same reason.
+Why the rank agreement matters: under DDP every update ends in a gradient
+all-reduce. A rank that skips a backward (or a step) the other ranks run leaves
+them waiting in that collective forever. Lightning gives no help in manual
+optimization (a ``None`` return is simply turned into ``{}``; Lightning issue
+#5243), so every rank must take the same decision.
 
-Non-finite *gradients* need no extra collective: they are checked after the
-gradient all-reduce, so every rank sees the same values and decides alike.
+How it is agreed, at no extra collective: each rank computes its local flags
+(non-finite loss, predicate) *before* its backward, every rank then runs the
+backward, whatever its flags say (the template's backward issues no collective
+of its own, see ``distributed.py``, and running it is harmless: its gradients
+are discarded), and the flags travel in the same all-reduce as the gradients
+(:func:`gan_template.distributed.all_reduce_gradients`). After it every rank
+holds the same summed flags and decides alike, before any optimizer step. A
+separate ``reduce_boolean_decision`` before the backward would cost one more
+collective per update: 1.4x per iteration with 2 CPU processes here
+(``benchmarks/ddp_cost.py``).
+
+Non-finite *gradients* need no collective either: they are checked after the
+all-reduce, where every rank sees the same values.
 """
 
 from __future__ import annotations
@@ -25,11 +35,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: Reasons an iteration can be skipped before its backward; their order is the
-#: layout of the flag vector reduced across ranks.
-PRE_BACKWARD_REASONS = ("nonfinite_loss", "predicate")
-#: Reasons decided after the (already synchronised) backward.
-POST_BACKWARD_REASONS = ("nonfinite_gradient", "amp_overflow")
+#: Reasons flagged from the loss; their order is the layout of the flag vector.
+LOSS_REASONS = ("nonfinite_loss", "predicate")
+#: Reasons decided from the (already averaged) gradients.
+GRADIENT_REASONS = ("nonfinite_gradient", "amp_overflow")
 
 #: ``predicate(metrics, iteration) -> bool``: True asks to skip the iteration.
 SkipPredicate = Callable[[Mapping[str, Tensor], int], bool]
@@ -100,32 +109,32 @@ class SkipGuard:
             return loss
         return loss * float("nan")
 
-    def check_before_backward(
-        self,
-        loss: Tensor,
-        metrics: Mapping[str, Tensor],
-        iteration: int,
-        phase: str,
-        reduce_sum: Callable[[Tensor], Tensor],
-    ) -> None:
-        """Raise :class:`SkipIteration` if any rank wants to skip this update.
+    def local_flags(
+        self, loss: Tensor, metrics: Mapping[str, Tensor], iteration: int
+    ) -> Tensor | None:
+        """This rank's flags for an update, one per ``LOSS_REASONS``, as a device tensor (no sync).
 
-        ``reduce_sum`` sums a tensor over ranks (``strategy.reduce(t, reduce_op="sum")``;
-        the identity on one device). One small collective carries every reason,
-        so all ranks learn both *whether* and *why*; ``reduce_boolean_decision``
-        would give only the whether, with the same cost.
+        None when ``check_losses`` is off.
         """
         if not self.check_losses:
-            return
+            return None
         wants_skip = self.predicate is not None and bool(self.predicate(metrics, iteration))
-        flags = torch.stack(
+        return torch.stack(
             [
                 (~torch.isfinite(loss.detach())).any().float(),
                 torch.tensor(float(wants_skip), device=loss.device),
             ]
         )
-        flags = reduce_sum(flags).tolist()  # the one host sync of the decision
-        for reason, flag in zip(PRE_BACKWARD_REASONS, flags, strict=False):
+
+    def decide(self, summed_flags: Tensor | None, phase: str) -> None:
+        """Raise :class:`SkipIteration` if any rank flagged this update.
+
+        ``summed_flags`` are the flags summed over ranks (on one device: the
+        local ones), identical on every rank, so every rank raises alike.
+        """
+        if summed_flags is None:
+            return
+        for reason, flag in zip(LOSS_REASONS, summed_flags.tolist(), strict=True):  # one host sync
             if flag > 0:
                 raise SkipIteration(reason, phase)
 

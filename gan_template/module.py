@@ -5,11 +5,10 @@ An iteration (see ``schedule.py``)::
     for each of n_critic real batches:            discriminator phase
         fake = G(z)              (the last one keeps its graph for the G phase)
         loss_D = D-loss(D(real), D(fake.detach())) [+ lazy penalty]
-        skip?  -> decided on every rank alike, before the backward (guard.py)
-        backward, all-reduce grads, clip, step D
+        flag it (non-finite? predicate?), backward
+        all-reduce grads + flags -> skip on every rank alike, or clip and step D
     loss_G = G-loss(D(fake))                         generator phase
-    skip?  -> same rule
-    backward, all-reduce grads, clip, step G
+    flag, backward, all-reduce grads + flags -> skip, or clip and step G
     count the iteration (or the skip), update the EMA, step LR schedulers
 
 ``training_step`` returns a dict of detached scalars, or ``None`` when the
@@ -201,11 +200,8 @@ class GANModule(L.LightningModule):
                 total = total + self.penalty_weight * self.schedule.penalty_scale * penalty
             if first:
                 total = self.guard.inject(total, self.iteration, self.global_rank)
-            self.guard.check_before_backward(
-                total, metrics, self.iteration, "discriminator", self._reduce_sum
-            )
             metrics["d_grad_norm"] = self._update(
-                optimizer, total, self.discriminator, "discriminator"
+                optimizer, total, self.discriminator, "discriminator", metrics
             )
         self.discriminator_updates += 1
         return {name: value.detach() for name, value in metrics.items()}
@@ -217,10 +213,9 @@ class GANModule(L.LightningModule):
         with self.toggled_optimizer(optimizer):
             loss = self.adversarial_loss.generator(self.critic(fake, labels))
             metrics = {"g_loss": loss}
-            self.guard.check_before_backward(
-                loss, metrics, self.iteration, "generator", self._reduce_sum
+            metrics["g_grad_norm"] = self._update(
+                optimizer, loss, self.generator, "generator", metrics
             )
-            metrics["g_grad_norm"] = self._update(optimizer, loss, self.generator, "generator")
         return {name: value.detach() for name, value in metrics.items()}
 
     # ---- helpers the algorithm reads through -------------------------------------------------
@@ -257,16 +252,31 @@ class GANModule(L.LightningModule):
             z = self.sample_latent(n)
             return self.generator(z) if labels is None else self.generator(z, labels)
 
-    def _update(self, optimizer: Optimizer, loss: Tensor, net: nn.Module, phase: str) -> Tensor:
-        """Backward, average gradients over ranks, clip and step; returns the gradient norm.
+    def _update(
+        self,
+        optimizer: Optimizer,
+        loss: Tensor,
+        net: nn.Module,
+        phase: str,
+        metrics: Mapping[str, Tensor],
+    ) -> Tensor:
+        """Backward, average gradients (and agree on skipping) over ranks, clip, step.
 
-        Clipping and the finiteness check run in ``on_before_optimizer_step``,
-        which Lightning calls after the precision plugin has unscaled the
-        gradients (clipping here would see 16-mixed's scaled gradients, #18089).
+        Returns the gradient norm. Raises SkipIteration, on every rank alike,
+        instead of stepping (guard.py explains the agreement). Clipping and the
+        finiteness check of gradients run in ``on_before_optimizer_step``, which
+        Lightning calls after the precision plugin has unscaled the gradients
+        (clipping here would see 16-mixed's scaled gradients, #18089).
         """
+        flags = self.guard.local_flags(loss, metrics, self.iteration)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        all_reduce_gradients(net.parameters(), self.trainer.world_size)
+        flags = all_reduce_gradients(net.parameters(), self.trainer.world_size, extra=flags)
+        try:
+            self.guard.decide(flags, phase)
+        except SkipIteration:
+            optimizer.zero_grad(set_to_none=True)  # this backward's gradients are discarded
+            raise
         self._grads_finite = True
         optimizer.step()
         grad_norm, self._grad_norm = self._grad_norm, None
@@ -295,9 +305,6 @@ class GANModule(L.LightningModule):
             # 16-mixed the GradScaler skips it too and lowers its scale.
             self._grads_finite = False
             optimizer.zero_grad(set_to_none=True)
-
-    def _reduce_sum(self, tensor: Tensor) -> Tensor:
-        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
 
     def _lr_schedulers(self) -> list[Any]:
         schedulers = self.lr_schedulers()
