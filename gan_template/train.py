@@ -91,14 +91,24 @@ def check_shapes(module: GANModule, datamodule: L.LightningDataModule) -> None:
         )
 
 
-def resolve_checkpoint(ckpt_path: str | None) -> str | None:
+def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """The checkpoint to resume from; ``last`` means this run directory's ``checkpoints/last.ckpt``."""
     if ckpt_path is None:
         return None
+    if ckpt_path == "last":
+        path = run_dir / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path=last: {path} does not exist; `last` resumes the run whose directory "
+                "this is, so pass that run's directory too (hydra.run.dir=<run dir>), or give "
+                "ckpt_path=<path to a .ckpt>"
+            )
+        return str(path)
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(
             f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file, for example "
-            "<run dir>/checkpoints/last.ckpt"
+            "<run dir>/checkpoints/last.ckpt (or ckpt_path=last with hydra.run.dir=<run dir>)"
         )
     return str(path.resolve())
 
@@ -109,7 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"Run directory: {run_dir}", flush=True)
-    ckpt_path = resolve_checkpoint(cfg.ckpt_path)
+    ckpt_path = resolve_checkpoint(cfg.ckpt_path, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)

@@ -73,3 +73,19 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert completed.returncode != 0
     assert "ckpt_path=nope.ckpt does not exist" in completed.stderr
+
+
+def test_ckpt_path_last_resumes_the_run_in_the_same_directory(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    common = [
+        "experiment=ring",
+        "callbacks.toy_eval.every_n_iterations=0",
+        f"hydra.run.dir={run_dir}",
+    ]
+    cli(tmp_path, *common, "train.iterations=20", "trainer.log_every_n_steps=10")
+    # The same command again (as a requeued job would run it), longer: it continues.
+    cli(tmp_path, *common, "train.iterations=30", "trainer.log_every_n_steps=10", "ckpt_path=last")
+    assert json.loads((run_dir / "toy_metrics.json").read_text())["iteration"] == 30
+    with open(run_dir / "metrics.csv") as f:  # the first segment's logs are kept, not overwritten
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/g_loss")]
+    assert steps == [10, 20, 30]
