@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.logs import log_at_iteration
 from gan_template.metrics.images import (
     FeatureExtractor,
@@ -28,7 +27,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GAN_TEMPLATE_CACHE", Path.home() / ".cache" / "gan_template"))
 
 
-class ImageQualityEvaluation(Callback):
+class ImageQualityEvaluation(EveryNIterations):
     """Every ``every_n_iterations`` (and at the end): FID, KID and class coverage of the EMA generator.
 
     Args:
@@ -59,14 +58,13 @@ class ImageQualityEvaluation(Callback):
             raise ValueError(
                 f"feature_extractor={feature_extractor!r} must be 'classifier' (offline) or 'inception'"
             )
-        self.every_n_iterations = every_n_iterations
+        super().__init__(every_n_iterations)
         self.num_samples = num_samples
         self.feature_extractor = feature_extractor
         self.kid_subset_size = kid_subset_size
         self.confidence = confidence
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.seed = seed
-        self.last_evaluated = -1
         self.result: dict[str, float] | None = None
         self._classifier: nn.Module | None = None
         self._extractor: nn.Module | None = None
@@ -105,25 +103,11 @@ class ImageQualityEvaluation(Callback):
                 "feature_extractor=inception (pip install torch-fidelity; needs internet once)"
             )
 
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        iteration = pl_module.iteration
-        if (
-            self.every_n_iterations
-            and iteration % self.every_n_iterations == 0
-            and iteration != self.last_evaluated
-        ):
-            self.evaluate(trainer, pl_module)
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.iteration != self.last_evaluated:
-            self.evaluate(trainer, pl_module)
+        super().on_train_end(trainer, pl_module)
         if self.result is not None and trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / "image_metrics.json"
             path.write_text(json.dumps({"iteration": pl_module.iteration, **self.result}, indent=2))
@@ -151,7 +135,6 @@ class ImageQualityEvaluation(Callback):
     @torch.no_grad()
     @isolated_rng()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        self.last_evaluated = pl_module.iteration
         self._prepare(trainer)
         assert self._real is not None and self._extractor is not None
         real_images, real_labels = self._real

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid, save_image
 
+from gan_template.callbacks.periodic import EveryNIterations
 
-class SampleGrid(Callback):
+
+class SampleGrid(EveryNIterations):
     """Renders ``rows x columns`` samples of the EMA generator (eval mode, no grad) to PNG.
 
     The noise is fixed for the whole run (its own seed, never the training
@@ -26,35 +26,16 @@ class SampleGrid(Callback):
     def __init__(
         self, every_n_iterations: int = 500, rows: int = 10, columns: int = 10, seed: int = 4321
     ) -> None:
-        self.every_n_iterations = every_n_iterations
+        super().__init__(every_n_iterations)
         self.rows = rows
         self.columns = columns
         self.seed = seed
-        self.last_rendered = -1
 
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        iteration = pl_module.iteration
-        if (
-            self.every_n_iterations
-            and iteration % self.every_n_iterations == 0
-            and iteration != self.last_rendered
-        ):
-            self.render(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.iteration != self.last_rendered:
-            self.render(trainer, pl_module)
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.render(trainer, pl_module)
 
     @torch.no_grad()
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
-        self.last_rendered = pl_module.iteration
         if not trainer.is_global_zero:
             return None
         generator = pl_module.sampling_generator

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.logs import log_at_iteration
 from gan_template.metrics.toy import ModeCoverage, mode_coverage
 from gan_template.resume import isolated_rng
 
 
-class ToyMixtureEvaluation(Callback):
+class ToyMixtureEvaluation(EveryNIterations):
     """Every ``every_n_iterations`` (and at the end): score samples, log them, plot them.
 
     Samples come from the EMA generator where there is one, from a fixed noise
@@ -37,32 +36,17 @@ class ToyMixtureEvaluation(Callback):
         save_plots: bool = True,
         seed: int = 1234,
     ) -> None:
-        self.every_n_iterations = every_n_iterations
+        super().__init__(every_n_iterations)
         self.num_samples = num_samples
         self.save_plots = save_plots
         self.seed = seed
-        self.last_evaluated = -1
         self.result: ModeCoverage | None = None
 
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        iteration = pl_module.iteration
-        if (
-            self.every_n_iterations
-            and iteration % self.every_n_iterations == 0
-            and iteration != self.last_evaluated
-        ):
-            self.evaluate(trainer, pl_module)
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.iteration != self.last_evaluated:
-            self.evaluate(trainer, pl_module)
+        super().on_train_end(trainer, pl_module)
         if self.result is not None and trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / "toy_metrics.json"
             path.write_text(
@@ -90,7 +74,6 @@ class ToyMixtureEvaluation(Callback):
         generator.train(was_training)
 
         self.result = mode_coverage(samples, datamodule.modes, datamodule.std)
-        self.last_evaluated = pl_module.iteration
         metrics = {
             "toy/modes_captured": float(self.result.modes_captured),
             "toy/high_quality": self.result.high_quality,

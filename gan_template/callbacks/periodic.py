@@ -1,0 +1,48 @@
+"""The schedule shared by evaluations and sample grids: every N iterations, and at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class EveryNIterations(Callback):
+    """Calls :meth:`run` every ``every_n_iterations`` iterations (0: never) and once at the end.
+
+    Iterations are generator updates (the module's ``iteration``), so a skipped
+    iteration never triggers a second run at the same count.
+    """
+
+    def __init__(self, every_n_iterations: int) -> None:
+        if every_n_iterations < 0:
+            raise ValueError(
+                f"every_n_iterations={every_n_iterations} must be >= 0 (0: only at the end)"
+            )
+        self.every_n_iterations = every_n_iterations
+        self.last_run_iteration = -1
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise NotImplementedError
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        iteration = pl_module.iteration
+        due = self.every_n_iterations and iteration > 0 and iteration % self.every_n_iterations == 0
+        if due and iteration != self.last_run_iteration:
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.iteration != self.last_run_iteration:
+            self._run(trainer, pl_module)
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.last_run_iteration = pl_module.iteration
+        self.run(trainer, pl_module)
