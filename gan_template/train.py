@@ -6,11 +6,13 @@ The only module besides ``__main__`` that knows about Hydra/OmegaConf.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -113,6 +115,22 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path.resolve())
 
 
+def avoid_per_step_gpu_probing() -> None:
+    """Without a GPU, stop torch from probing NVML on every optimizer step.
+
+    ``import lightning`` sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (so that
+    checking for GPUs does not initialise CUDA before a fork). With it, every
+    ``torch.cuda.is_available()`` loads the NVML library again, and
+    ``Adam.step`` asks on every call: 0.27 ms per optimizer step on this
+    machine's CUDA build of torch, a third of a toy iteration
+    (``benchmarks/vs_plain_loop.py``). On a machine with no GPU there is no
+    CUDA to protect, so the cheap check is safe. (With a GPU, CUDA is
+    initialised by training and torch caches the answer.)
+    """
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a GAN as ``cfg`` describes; returns the final logged metrics and the run directory."""
     validate(cfg)  # every config error at once, before anything is built or loaded
@@ -121,6 +139,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     print(f"Run directory: {run_dir}", flush=True)
     ckpt_path = resolve_checkpoint(cfg.ckpt_path, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    avoid_per_step_gpu_probing()
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     module = build_module(cfg, num_classes=getattr(datamodule, "num_classes", 0))
