@@ -1,4 +1,4 @@
-"""SIGTERM (what schedulers send before killing a job) leaves a checkpoint the run resumes from."""
+"""SIGTERM (what schedulers send before a kill) and Ctrl-C leave a checkpoint the run resumes from."""
 
 from __future__ import annotations
 
@@ -11,17 +11,18 @@ from pathlib import Path
 
 import torch
 
+COMMON = [
+    "experiment=ring",
+    "trainer.enable_progress_bar=false",
+    "callbacks.toy_eval.every_n_iterations=0",
+]
 
-def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    common = [
-        "experiment=ring",
-        "trainer.enable_progress_bar=false",
-        "callbacks.toy_eval.every_n_iterations=0",
-    ]
+
+def interrupt_once_training(run_dir: Path, cwd: Path, sig: signal.Signals) -> str:
+    """Start an endless run, send ``sig`` once it has logged, return its output."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "gan_template", *common, "train.iterations=1000000", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "gan_template", *COMMON, "train.iterations=1000000", f"hydra.run.dir={run_dir}"],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         metrics = run_dir / "metrics.csv"
@@ -29,11 +30,16 @@ def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path: P
         while not (metrics.exists() and metrics.stat().st_size > 0):  # training is under way
             assert process.poll() is None and time.monotonic() < deadline, "the run did not start"
             time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         output, _ = process.communicate(timeout=120)
     finally:
         process.kill()  # never leave a million-iteration run behind
+    return output
 
+
+def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    output = interrupt_once_training(run_dir, tmp_path, signal.SIGTERM)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file(), output[-3000:]
     assert f"Resume with the same overrides plus ckpt_path={checkpoint}" in output
@@ -42,9 +48,18 @@ def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path: P
 
     resumed = tmp_path / "resumed"
     completed = subprocess.run(
-        [sys.executable, "-m", "gan_template", *common, f"train.iterations={stopped_at + 25}",
-         f"ckpt_path={checkpoint}", f"hydra.run.dir={resumed}", "callbacks.toy_eval.every_n_iterations=0"],
+        [sys.executable, "-m", "gan_template", *COMMON, f"train.iterations={stopped_at + 25}",
+         f"ckpt_path={checkpoint}", f"hydra.run.dir={resumed}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert json.loads((resumed / "toy_metrics.json").read_text())["iteration"] == stopped_at + 25
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    output = interrupt_once_training(run_dir, tmp_path, signal.SIGINT)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file(), output[-3000:]
+    assert "KeyboardInterrupt: saved a resumable checkpoint" in output
+    assert torch.load(checkpoint, weights_only=False)["gan_template"]["iteration"] > 0
