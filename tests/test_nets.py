@@ -57,3 +57,12 @@ def test_unsupported_resolution_names_the_value_and_the_fix(resolution: int) -> 
         ValueError, match=rf"resolution={resolution} is not supported.*data.resolution"
     ):
         DCGANGenerator(resolution=resolution)
+
+
+def test_mlp_generator_batch_norm_option() -> None:
+    from gan_template.nets.mlp import MLPGenerator
+
+    plain, normed = MLPGenerator(depth=3), MLPGenerator(depth=3, batch_norm=True)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in normed.modules()) == 3
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+    assert normed(torch.randn(8, 2)).shape == plain(torch.randn(8, 2)).shape == (8, 2)

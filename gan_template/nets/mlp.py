@@ -6,14 +6,19 @@ from torch import Tensor, nn
 
 
 def _mlp(
-    in_dim: int, hidden_dim: int, depth: int, out_dim: int, activation: type[nn.Module]
+    in_dim: int,
+    hidden_dim: int,
+    depth: int,
+    out_dim: int,
+    activation: type[nn.Module],
+    batch_norm: bool = False,
 ) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    width = in_dim
-    for _ in range(depth):
-        layers += [nn.Linear(width, hidden_dim), activation()]
-        width = hidden_dim
-    layers.append(nn.Linear(width, out_dim))
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim)]
+    for i in range(depth):
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden_dim))
+        layers.append(activation())
+        layers.append(nn.Linear(hidden_dim, hidden_dim if i < depth - 1 else out_dim))
     return nn.Sequential(*layers)
 
 
@@ -21,7 +26,12 @@ class MLPGenerator(nn.Module):
     """z ~ N(0, I) in ``latent_dim`` dimensions -> a point in ``data_dim`` dimensions."""
 
     def __init__(
-        self, latent_dim: int = 2, hidden_dim: int = 128, depth: int = 3, data_dim: int = 2
+        self,
+        latent_dim: int = 2,
+        hidden_dim: int = 128,
+        depth: int = 3,
+        data_dim: int = 2,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if min(latent_dim, hidden_dim, depth, data_dim) < 1:
@@ -31,7 +41,8 @@ class MLPGenerator(nn.Module):
             )
         self.latent_dim = latent_dim
         self.sample_shape = (data_dim,)
-        self.net = _mlp(latent_dim, hidden_dim, depth, data_dim, nn.ReLU)
+        # PacGAN's toy generators use BatchNorm after every hidden layer.
+        self.net = _mlp(latent_dim, hidden_dim, depth, data_dim, nn.ReLU, batch_norm)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
