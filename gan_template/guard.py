@@ -37,8 +37,6 @@ from torch import Tensor
 
 #: Reasons flagged from the loss; their order is the layout of the flag vector.
 LOSS_REASONS = ("nonfinite_loss", "predicate")
-#: Reasons decided from the (already averaged) gradients.
-GRADIENT_REASONS = ("nonfinite_gradient", "amp_overflow")
 
 #: ``predicate(metrics, iteration) -> bool``: True asks to skip the iteration.
 SkipPredicate = Callable[[Mapping[str, Tensor], int], bool]

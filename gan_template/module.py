@@ -126,6 +126,9 @@ class GANModule(L.LightningModule):
         self._last_skip_reason: str | None = None  # a string: never keep the exception (its frames)
         self._grad_norm: Tensor | None = None
         self._grads_finite = True
+        # Listed once per fit (on_train_start, after the move to the device),
+        # not walked through the module tree on every step.
+        self._running_buffers: list[Tensor] = []
 
     # ---- the algorithm ---------------------------------------------------------------------
 
@@ -233,10 +236,6 @@ class GANModule(L.LightningModule):
             raise ValueError("the networks are class-conditional but the data has no labels")
         return batch[0], batch[1] if self.conditional else None
 
-    @property
-    def _running_buffers(self) -> list[Tensor]:
-        return [*self.generator.buffers(), *self.discriminator.buffers()]
-
     def critic(self, samples: Tensor, labels: Tensor | None = None) -> Tensor:
         """The discriminator's logits, with labels when it is conditional."""
         return (
@@ -292,11 +291,10 @@ class GANModule(L.LightningModule):
         params = [
             p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
         ]
-        grads = [p.grad for p in params]
         if self.gradient_clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_norm, foreach=True)
         else:
-            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
         self._grad_norm = norm.detach()
         if self.guard.check_gradients and not torch.isfinite(norm):
             # Gradients are identical on every rank (already averaged), so every
@@ -329,6 +327,7 @@ class GANModule(L.LightningModule):
             )
 
     def on_train_start(self) -> None:
+        self._running_buffers = [*self.generator.buffers(), *self.discriminator.buffers()]
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
             self.trainer.should_stop = True
 

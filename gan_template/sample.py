@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from gan_template.train import build_network
 
 USAGE = "usage: python -m gan_template.sample ckpt=PATH n=2500 out=FILE.pt [seed=0] [device=cpu] [ema=true]"
 DEFAULTS = {
@@ -29,8 +30,10 @@ DEFAULTS = {
 }
 
 
-def load_generator(ckpt_path: str | Path, use_ema: bool = True, device: str = "cpu") -> nn.Module:
-    """Rebuild the generator from the run config stored in a checkpoint and load its weights."""
+def load_generator(
+    ckpt_path: str | Path, use_ema: bool = True, device: str = "cpu"
+) -> tuple[nn.Module, DictConfig]:
+    """The generator of a checkpoint (rebuilt from its stored run config) and that config."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -41,12 +44,7 @@ def load_generator(ckpt_path: str | Path, use_ema: bool = True, device: str = "c
     if not run_config:
         raise ValueError(f"{path} has no run config; was it written by gan_template's training?")
     cfg = OmegaConf.create(run_config)
-    num_classes = checkpoint["gan_template"].get("num_classes", 0)
-    generator: nn.Module = (
-        instantiate(cfg.model.generator, num_classes=num_classes)
-        if cfg.model.get("conditional", False)
-        else instantiate(cfg.model.generator)
-    )
+    generator = build_network(cfg, "generator", checkpoint["gan_template"].get("num_classes", 0))
     state = checkpoint["state_dict"]
     prefix = (
         "generator_ema.module."
@@ -56,12 +54,7 @@ def load_generator(ckpt_path: str | Path, use_ema: bool = True, device: str = "c
     generator.load_state_dict(
         {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     )
-    return generator.to(device).eval()
-
-
-def data_scale(ckpt_path: str | Path) -> float:
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    return float(checkpoint["hyper_parameters"]["run_config"]["data"].get("scale", 1.0))
+    return generator.to(device).eval(), cfg
 
 
 @torch.no_grad()
@@ -100,10 +93,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     if int(args.n) < 1:
         raise SystemExit(f"n={args.n} must be >= 1; {USAGE}")
-    generator = load_generator(args.ckpt, use_ema=bool(args.ema), device=args.device)
+    generator, cfg = load_generator(args.ckpt, use_ema=bool(args.ema), device=args.device)
     samples = sample(generator, int(args.n), int(args.seed), int(args.batch_size), args.device)
     # Toy data may be trained at a reduced scale (data.scale): return original units.
-    samples = samples * data_scale(args.ckpt)
+    samples = samples * float(cfg.data.get("scale", 1.0))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(samples, out)

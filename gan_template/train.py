@@ -31,28 +31,24 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
-def build_networks(cfg: DictConfig, num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
-    """Generator and discriminator; class-conditional when ``model.conditional`` is true."""
+def build_network(cfg: DictConfig, which: str, num_classes: int = 0) -> nn.Module:
+    """``model.generator`` or ``model.discriminator``; class-conditional when ``model.conditional``."""
     if not cfg.model.get("conditional", False):
-        return instantiate(cfg.model.generator), instantiate(cfg.model.discriminator)
+        return instantiate(cfg.model[which])
     if num_classes < 1:
         raise ConfigError(
             f"model.conditional=true needs labelled data, but data.name={cfg.data.get('name')} "
             "has no class labels; set model.conditional=false"
         )
-    return (
-        instantiate(cfg.model.generator, num_classes=num_classes),
-        instantiate(cfg.model.discriminator, num_classes=num_classes),
-    )
+    return instantiate(cfg.model[which], num_classes=num_classes)
 
 
 def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
     """The GANModule a config describes (networks freshly initialised)."""
     optim = cfg.optim
-    generator, discriminator = build_networks(cfg, num_classes)
     return GANModule(
-        generator=generator,
-        discriminator=discriminator,
+        generator=build_network(cfg, "generator", num_classes),
+        discriminator=build_network(cfg, "discriminator", num_classes),
         optimizer_g=instantiate(optim.generator),
         optimizer_d=instantiate(optim.discriminator),
         scheduler_g=instantiate(optim.generator_scheduler) if optim.generator_scheduler else None,

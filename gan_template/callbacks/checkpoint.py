@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from gan_template.callbacks.periodic import is_due
 from gan_template.guard import TooManySkips
 
 
@@ -56,11 +57,13 @@ class IterationCheckpoint(Callback):
         batch_idx: int,
     ) -> None:
         iteration = pl_module.iteration
-        if iteration == self.last_saved_iteration or iteration == 0:
-            return
-        if self.every_n_iterations and iteration % self.every_n_iterations == 0:
+        if is_due(iteration, self.every_n_iterations, self.last_saved_iteration):
             self._save(trainer, iteration, numbered=True)
-        elif pl_module.max_iterations is not None and iteration >= pl_module.max_iterations:
+        elif (
+            iteration != self.last_saved_iteration
+            and pl_module.max_iterations is not None
+            and iteration >= pl_module.max_iterations
+        ):
             # The final checkpoint is written here, inside the last batch, not in
             # on_train_end: by then Lightning has counted the interrupted epoch as
             # finished, and a resume would start the next epoch instead of

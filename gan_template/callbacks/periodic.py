@@ -8,6 +8,16 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 
+def is_due(iteration: int, every_n_iterations: int, last_done: int) -> bool:
+    """Whether a periodic action (evaluation, grid, checkpoint) runs after this iteration."""
+    return (
+        every_n_iterations > 0
+        and iteration > 0
+        and iteration % every_n_iterations == 0
+        and iteration != last_done
+    )
+
+
 class EveryNIterations(Callback):
     """Calls :meth:`run` every ``every_n_iterations`` iterations (0: never) and once at the end.
 
@@ -34,9 +44,7 @@ class EveryNIterations(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        iteration = pl_module.iteration
-        due = self.every_n_iterations and iteration > 0 and iteration % self.every_n_iterations == 0
-        if due and iteration != self.last_run_iteration:
+        if is_due(pl_module.iteration, self.every_n_iterations, self.last_run_iteration):
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -71,12 +71,8 @@ class ResumableDataLoader(DataLoader):
     """
 
     def state_dict(self) -> dict[str, Any]:
-        sampler = (
-            self.batch_sampler
-            if isinstance(self.batch_sampler, EpochShuffledBatches)
-            else self.sampler
-        )
-        return {"seed": getattr(sampler, "seed", None), "epoch": getattr(sampler, "epoch", None)}
+        """Empty: the order is a function of (seed, epoch, rank), the position Lightning's."""
+        return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to do: :func:`training_loader` already positioned the sampler."""
