@@ -12,6 +12,12 @@ fresh real batches, one G update reusing the last fake batch, requires_grad
 toggling, the generator EMA; and nothing else (no skip checks, no gradient
 norms, no logging).
 
+A third row, "unchecked", is (A) with the skip rule's checks off
+(``skip.check_losses=false skip.check_gradients=false``): the difference to
+(A) is what the safety checks cost, the difference to (B) what Lightning and
+the rest of the template cost. ``--overrides`` adds Hydra overrides to every
+run (for example ``optim.generator.foreach=true``).
+
 Each run is a fresh subprocess (so peak memory is its own); A and B alternate
 ``--repeats`` times. Reported: median seconds per iteration (wall time between
 consecutive iterations after a warm-up, data loading included), the ratio A/B,
@@ -30,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+KINDS = ("template", "unchecked", "plain")
+
 RECIPES = {
     "toy": ["experiment=ring", "data.batch_size=256"],
     "dcgan32": ["experiment=dcgan", "data.resolution=32", "data.batch_size=64"],
@@ -37,7 +45,17 @@ RECIPES = {
 }
 
 
-def compose(recipe: str, device: str, precision: str, iterations: int, run_dir: Path) -> Any:
+UNCHECKED = ["skip.check_losses=false", "skip.check_gradients=false"]
+
+
+def compose(
+    recipe: str,
+    device: str,
+    precision: str,
+    iterations: int,
+    run_dir: Path,
+    extra: list[str] | None = None,
+) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -53,6 +71,7 @@ def compose(recipe: str, device: str, precision: str, iterations: int, run_dir: 
         "trainer.log_every_n_steps=50",
         "callbacks.checkpoint.every_n_iterations=0",
         f"paths.run_dir={run_dir}",
+        *(extra or []),
     ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose("config", overrides=overrides)
@@ -173,8 +192,9 @@ def worker(args: argparse.Namespace) -> None:
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
     run_dir = Path(tempfile.mkdtemp(prefix="vs_plain_"))
-    cfg = compose(args.recipe, args.device, args.precision, args.iterations, run_dir)
-    runner = run_template if args.worker == "template" else run_plain
+    extra = [*args.overrides, *(UNCHECKED if args.worker == "unchecked" else [])]
+    cfg = compose(args.recipe, args.device, args.precision, args.iterations, run_dir, extra)
+    runner = run_plain if args.worker == "plain" else run_template
     print(json.dumps(runner(cfg, args.warmup, args.device)))
 
 
@@ -188,27 +208,40 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--worker", choices=["template", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for all runs")
+    parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
 
-    results: dict[str, list[dict[str, float]]] = {"template": [], "plain": []}
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     for _ in range(args.repeats):
-        for kind in ("template", "plain"):  # alternate A and B
+        for kind in KINDS:  # alternate the runs
             command = [sys.executable, __file__, "--worker", kind, *sys.argv[1:]]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[kind].append(json.loads(output.strip().splitlines()[-1]))
     median = {k: statistics.median(r["median_s"] for r in v) for k, v in results.items()}
+    # Ratios of runs made side by side, then their median: robust to the
+    # machine's load drifting between repeats.
+    paired = {
+        kind: statistics.median(
+            a["median_s"] / b["median_s"]
+            for a, b in zip(results[kind], results["plain"], strict=True)
+        )
+        for kind in KINDS
+    }
     peak = {k: statistics.median(r["peak_mib"] for r in v) for k, v in results.items()}
     print(
-        f"recipe={args.recipe} device={args.device} precision={args.precision} repeats={args.repeats}"
+        f"recipe={args.recipe} device={args.device} precision={args.precision} "
+        f"repeats={args.repeats} overrides={args.overrides}"
     )
-    print(f"{'':<10} {'ms / iteration':>15} {'peak MiB':>10}")
-    for kind in ("template", "plain"):
-        print(f"{kind:<10} {1000 * median[kind]:>15.3f} {peak[kind]:>10.1f}")
-    print(f"ratio template/plain: time {median['template'] / median['plain']:.3f}x, "
-          f"memory {peak['template'] / peak['plain']:.3f}x")  # fmt: skip
+    print(f"{'':<10} {'ms / iteration':>15} {'peak MiB':>10} {'time / plain':>13} {'memory / plain':>15}")  # fmt: skip
+    for kind in KINDS:
+        print(
+            f"{kind:<10} {1000 * median[kind]:>15.3f} {peak[kind]:>10.1f} "
+            f"{paired[kind]:>12.3f}x {peak[kind] / peak['plain']:>14.3f}x"
+        )
+    print("time / plain: median over repeats of (this run / the plain run next to it)")
 
 
 if __name__ == "__main__":

@@ -110,19 +110,19 @@ class SkipGuard:
     def local_flags(
         self, loss: Tensor, metrics: Mapping[str, Tensor], iteration: int
     ) -> Tensor | None:
-        """This rank's flags for an update, one per ``LOSS_REASONS``, as a device tensor (no sync).
+        """This rank's flags for an update as a device tensor (no sync).
 
-        None when ``check_losses`` is off.
+        One flag per ``LOSS_REASONS`` entry, the predicate's only when there is
+        a predicate (the layout is the same on every rank). None when
+        ``check_losses`` is off.
         """
         if not self.check_losses:
             return None
-        wants_skip = self.predicate is not None and bool(self.predicate(metrics, iteration))
-        return torch.stack(
-            [
-                (~torch.isfinite(loss.detach())).any().float(),
-                torch.tensor(float(wants_skip), device=loss.device),
-            ]
-        )
+        nonfinite = torch.isfinite(loss.detach()).logical_not().float().reshape(1)
+        if self.predicate is None:
+            return nonfinite
+        wants_skip = bool(self.predicate(metrics, iteration))
+        return torch.cat([nonfinite, nonfinite.new_tensor([float(wants_skip)])])
 
     def decide(self, summed_flags: Tensor | None, phase: str) -> None:
         """Raise :class:`SkipIteration` if any rank flagged this update.
@@ -132,7 +132,7 @@ class SkipGuard:
         """
         if summed_flags is None:
             return
-        for reason, flag in zip(LOSS_REASONS, summed_flags.tolist(), strict=True):  # one host sync
+        for reason, flag in zip(LOSS_REASONS, summed_flags.tolist(), strict=False):  # one host sync
             if flag > 0:
                 raise SkipIteration(reason, phase)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -85,10 +86,17 @@ def get_loss(name: str) -> AdversarialLoss:
         ) from None
 
 
-def discriminator_accuracy(real_logits: Tensor, fake_logits: Tensor) -> tuple[Tensor, Tensor]:
-    """Fraction of real samples scored above 0 and of fake samples scored below 0.
+@torch.no_grad()  # metrics only: no autograd bookkeeping for them
+def discriminator_statistics(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
+    """Mean logits on real and fake samples, and the fractions the discriminator gets right.
 
-    Meaningful for every loss here: all of them push real logits up and fake
-    logits down around 0.
+    Accuracy counts real samples scored above 0 and fake samples scored below
+    0: meaningful for every loss here, since all of them push real logits up
+    and fake logits down around 0.
     """
-    return (real_logits > 0).float().mean(), (fake_logits < 0).float().mean()
+    return {
+        "d_real": real_logits.mean(),
+        "d_fake": fake_logits.mean(),
+        "d_accuracy_real": (real_logits > 0).float().mean(),
+        "d_accuracy_fake": (fake_logits < 0).float().mean(),
+    }

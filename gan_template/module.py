@@ -20,7 +20,8 @@ are detached scalars and no tensor of the step is kept on the module.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -31,16 +32,36 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from torchmetrics import MeanMetric
 
 from gan_template.distributed import all_reduce_gradients, disable_reducer
 from gan_template.ema import GeneratorEMA
 from gan_template.guard import SkipGuard, SkipIteration, TooManySkips
-from gan_template.logs import log_at_iteration
-from gan_template.losses import discriminator_accuracy, get_loss
+from gan_template.logs import EpochMeans, log_at_iteration
+from gan_template.losses import discriminator_statistics, get_loss
 from gan_template.penalties import get_penalty
 from gan_template.resume import gather_rng_states, restore_rng_state
 from gan_template.schedule import StepSchedule
+
+
+@contextmanager
+def frozen(net: nn.Module) -> Iterator[None]:
+    """Turn off ``requires_grad`` of ``net``'s trainable parameters for the block.
+
+    Gradients still flow *through* ``net`` to earlier layers; its own weight
+    gradients are not computed. Parameters the user froze stay frozen. (Lightning's
+    ``toggled_optimizer`` does the same for every optimizer's parameters, with a
+    dict of all of them built on every call: several times the cost for a
+    toy-sized network.)
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -119,8 +140,7 @@ class GANModule(L.LightningModule):
         self.discriminator_updates = 0  # drives the lazy penalty schedule
 
         # Epoch aggregates as running means, never as a list of step outputs.
-        self.epoch_accuracy_real = MeanMetric()
-        self.epoch_accuracy_fake = MeanMetric()
+        self.epoch_means = EpochMeans()
 
         # Per-step scratch, cleared before the step ends.
         self._last_skip_reason: str | None = None  # a string: never keep the exception (its frames)
@@ -183,37 +203,33 @@ class GANModule(L.LightningModule):
     def discriminator_step(
         self, optimizer: Optimizer, real: Tensor, fake: Tensor, labels: Tensor | None, first: bool
     ) -> dict[str, Tensor]:
-        """One discriminator update; raises SkipIteration instead of updating."""
-        with self.toggled_optimizer(optimizer):
-            real_logits = self.critic(real, labels)
-            fake_logits = self.critic(fake, labels)
-            loss = self.adversarial_loss.discriminator(real_logits, fake_logits)
-            accuracy_real, accuracy_fake = discriminator_accuracy(real_logits, fake_logits)
-            metrics = {
-                "d_loss": loss,
-                "d_real": real_logits.mean(),
-                "d_fake": fake_logits.mean(),
-                "d_accuracy_real": accuracy_real,
-                "d_accuracy_fake": accuracy_fake,
-            }
-            total = loss
-            if self.penalty is not None and self.schedule.penalty_due(self.discriminator_updates):
-                penalty = self.penalty(partial(self.critic, labels=labels), real, fake)
-                metrics["d_penalty"] = penalty
-                total = total + self.penalty_weight * self.schedule.penalty_scale * penalty
-            if first:
-                total = self.guard.inject(total, self.iteration, self.global_rank)
-            metrics["d_grad_norm"] = self._update(
-                optimizer, total, self.discriminator, "discriminator", metrics
-            )
+        """One discriminator update; raises SkipIteration instead of updating.
+
+        No parameters need freezing: ``fake`` is detached, so the generator is
+        not in this graph.
+        """
+        real_logits = self.critic(real, labels)
+        fake_logits = self.critic(fake, labels)
+        loss = self.adversarial_loss.discriminator(real_logits, fake_logits)
+        metrics = {"d_loss": loss, **discriminator_statistics(real_logits, fake_logits)}
+        total = loss
+        if self.penalty is not None and self.schedule.penalty_due(self.discriminator_updates):
+            penalty = self.penalty(partial(self.critic, labels=labels), real, fake)
+            metrics["d_penalty"] = penalty
+            total = total + self.penalty_weight * self.schedule.penalty_scale * penalty
+        if first:
+            total = self.guard.inject(total, self.iteration, self.global_rank)
+        metrics["d_grad_norm"] = self._update(
+            optimizer, total, self.discriminator, "discriminator", metrics
+        )
         self.discriminator_updates += 1
         return {name: value.detach() for name, value in metrics.items()}
 
     def generator_step(
         self, optimizer: Optimizer, fake: Tensor, labels: Tensor | None
     ) -> dict[str, Tensor]:
-        """One generator update through the (just updated) discriminator."""
-        with self.toggled_optimizer(optimizer):
+        """One generator update through the (just updated) discriminator, which stays frozen."""
+        with frozen(self.discriminator):  # backward computes no discriminator weight gradients
             loss = self.adversarial_loss.generator(self.critic(fake, labels))
             metrics = {"g_loss": loss}
             metrics["g_grad_norm"] = self._update(
@@ -336,8 +352,7 @@ class GANModule(L.LightningModule):
         # Lightning turns a None return into {} in manual optimization.
         assert skipped == (not outputs), "training_step returns None exactly when it skips"
         if not skipped:
-            self.epoch_accuracy_real.update(outputs["d_accuracy_real"])
-            self.epoch_accuracy_fake.update(outputs["d_accuracy_fake"])
+            self.epoch_means.update(outputs)
             if self._logging_step():
                 self._log_iteration(outputs)
 
@@ -353,16 +368,13 @@ class GANModule(L.LightningModule):
             self.trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
-        if self.epoch_accuracy_real.update_count == 0:
-            return
-        # compute() averages over ranks (torchmetrics syncs); every rank calls it.
-        metrics = {
-            "epoch/d_accuracy_real": self.epoch_accuracy_real.compute(),
-            "epoch/d_accuracy_fake": self.epoch_accuracy_fake.compute(),
-        }
-        log_at_iteration(self.loggers, metrics, self.iteration)
-        self.epoch_accuracy_real.reset()
-        self.epoch_accuracy_fake.reset()
+        # Every rank calls this (the means are averaged over ranks).
+        means = self.epoch_means.compute(partial(self.trainer.strategy.reduce, reduce_op="mean"))
+        if means:
+            log_at_iteration(
+                self.loggers, {f"epoch/{name}": v for name, v in means.items()}, self.iteration
+            )
+        self.epoch_means.reset()
 
     def _logging_step(self) -> bool:
         every = self.trainer.log_every_n_steps

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gan_template.losses import LOSSES, discriminator_accuracy, get_loss
+from gan_template.losses import LOSSES, discriminator_statistics, get_loss
 
 REAL = torch.tensor([2.0, -1.0])
 FAKE = torch.tensor([0.5, -3.0])
@@ -57,6 +57,9 @@ def test_unknown_loss_names_the_choices() -> None:
         get_loss("nope")
 
 
-def test_discriminator_accuracy() -> None:
-    real_acc, fake_acc = discriminator_accuracy(REAL, FAKE)
-    assert real_acc.item() == 0.5 and fake_acc.item() == 0.5
+def test_discriminator_statistics() -> None:
+    stats = discriminator_statistics(REAL.clone().requires_grad_(), FAKE)
+    assert stats["d_accuracy_real"].item() == 0.5 and stats["d_accuracy_fake"].item() == 0.5
+    assert stats["d_real"].item() == pytest.approx(REAL.mean().item())
+    assert stats["d_fake"].item() == pytest.approx(FAKE.mean().item())
+    assert not any(value.requires_grad for value in stats.values())
