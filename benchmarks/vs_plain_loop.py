@@ -66,6 +66,7 @@ def compose(
         f"train.iterations={iterations}",
         f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
         f"trainer.precision={precision}",
+        f"trainer.benchmark={device == 'cuda'}",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
         "trainer.log_every_n_steps=50",
@@ -189,8 +190,8 @@ def worker(args: argparse.Namespace) -> None:
 
     import torch
 
-    if args.device == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if args.device == "cuda" and args.worker == "plain":
+        torch.backends.cudnn.benchmark = True  # the template's runs get trainer.benchmark=true
     run_dir = Path(tempfile.mkdtemp(prefix="vs_plain_"))
     extra = [*args.overrides, *(UNCHECKED if args.worker == "unchecked" else [])]
     cfg = compose(args.recipe, args.device, args.precision, args.iterations, run_dir, extra)

@@ -41,6 +41,8 @@ class TrainConfig:
     """Discriminator updates per generator update."""
     compile: bool = False
     """torch.compile the networks (not the step: Lightning #21513)."""
+    channels_last: bool = False
+    """Keep conv weights and image batches in channels-last memory format (tensor cores)."""
 
 
 @dataclass

@@ -87,6 +87,8 @@ class GANModule(L.LightningModule):
         compile_networks: ``torch.compile`` the generator and discriminator (the
             networks, not ``training_step``: compiling a step that toggles
             optimizers fails in Lightning 2.6, #21513).
+        channels_last: keep 4-d weights and image batches in channels-last
+            layout, the one GPU tensor cores prefer for convolutions.
         run_config: the resolved run config, stored in checkpoints so that
             ``gan_template.sample`` can rebuild the networks.
     """
@@ -109,6 +111,7 @@ class GANModule(L.LightningModule):
         ema_rampup: float | None = 0.05,
         max_iterations: int | None = None,
         compile_networks: bool = False,
+        channels_last: bool = False,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -134,6 +137,7 @@ class GANModule(L.LightningModule):
             raise ValueError(f"train.iterations={max_iterations} must be >= 1")
         self.max_iterations = max_iterations
         self.compile_networks = compile_networks
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
         # Run state, saved in checkpoints (on_save_checkpoint).
         self.iteration = 0  # generator updates so far: the run's unit of time
@@ -246,11 +250,12 @@ class GANModule(L.LightningModule):
 
     def unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         """``(real, labels)``; labels only when the networks are class-conditional."""
-        if not isinstance(batch, (list, tuple)):
-            return batch, None
-        if self.conditional and len(batch) < 2:
+        real, labels = (batch[0], batch[1:2]) if isinstance(batch, (list, tuple)) else (batch, ())
+        if self.conditional and not labels:
             raise ValueError("the networks are class-conditional but the data has no labels")
-        return batch[0], batch[1] if self.conditional else None
+        if real.dim() == 4:
+            real = real.contiguous(memory_format=self.memory_format)  # no copy when it already is
+        return real, labels[0] if self.conditional else None
 
     def critic(self, samples: Tensor, labels: Tensor | None = None) -> Tensor:
         """The discriminator's logits, with labels when it is conditional."""
@@ -329,6 +334,8 @@ class GANModule(L.LightningModule):
     # ---- bookkeeping ---------------------------------------------------------------------
 
     def configure_model(self) -> None:
+        if self.memory_format is torch.channels_last:
+            self.to(memory_format=torch.channels_last)  # 4-d parameters only; moves keep it
         if not self.compile_networks or getattr(self, "_compiled", False):
             return
         self._compiled = True

@@ -72,6 +72,7 @@ def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
         ema_rampup=cfg.ema.rampup,
         max_iterations=cfg.train.iterations,
         compile_networks=cfg.train.compile,
+        channels_last=cfg.train.channels_last,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
 

@@ -50,7 +50,8 @@ def test_epoch_means_are_logged_at_the_end_of_each_epoch(make_config, tmp_path: 
         )
     )
     run(cfg)
-    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    with open(tmp_path / "run" / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
     epoch_rows = [row for row in rows if row.get("epoch/d_loss")]
     assert [int(row["step"]) for row in epoch_rows] == [4, 8, 10]
     step_rows = {int(row["step"]): row for row in rows if row.get("train/d_loss")}
