@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run, without_evaluation
 
 from gan_template.logs import EpochMeans
-from tests.helpers import run, without_evaluation
 
 
 def test_epoch_means_handles_steps_with_different_metrics() -> None:
