@@ -55,7 +55,10 @@ def project_with_examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert (mode == "append") == path.exists(), (
             f"{relative}: `{mode}=` but exists={path.exists()}"
         )
-        path.write_text(path.read_text() + code if mode == "append" else code)
+        # Appended code goes after two blank lines, as a new top-level definition.
+        path.write_text(
+            path.read_text().rstrip("\n") + "\n\n\n" + code if mode == "append" else code
+        )
     return root
 
 
