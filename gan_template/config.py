@@ -185,7 +185,8 @@ def _target_nodes(node: Any, key: str = "") -> list[tuple[str, DictConfig]]:
             found.append((key, node))
         for child_key in node:
             child = node._get_node(child_key)
-            found += _target_nodes(child, f"{key}.{child_key}" if key else str(child_key))
+            child_name = str(child_key)
+            found += _target_nodes(child, f"{key}.{child_name}" if key else child_name)
     elif isinstance(node, ListConfig):
         for i, child in enumerate(node):
             found += _target_nodes(child, f"{key}[{i}]")
@@ -210,7 +211,7 @@ def _check_target(key: str, node: DictConfig, allowed: tuple[str, ...]) -> list[
         return []  # builtins without a signature: let instantiate decide
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return []
-    unknown = [k for k in node if not str(k).startswith("_") and k not in parameters]
+    unknown = [str(k) for k in node if not str(k).startswith("_") and k not in parameters]
     return [
         f"{key}.{name}: not a parameter of {target}; valid: {sorted(p for p in parameters if p != 'self')}"
         for name in unknown

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 
-def disable_reducer(wrapped_model: nn.Module) -> bool:
+def disable_reducer(wrapped_model: nn.Module | None) -> bool:
     """Stop DDP's reducer from synchronising gradients; returns whether ``wrapped_model`` is DDP.
 
     ``require_backward_grad_sync`` is what ``DistributedDataParallel.no_sync()``
@@ -60,11 +60,11 @@ def all_reduce_gradients(
     """
     if world_size <= 1 or not dist.is_available() or not dist.is_initialized():
         return extra
-    params = list(parameters)
-    for p in params:
+    grads = []
+    for p in parameters:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
+        grads.append(p.grad)
     pieces = [g.reshape(-1) for g in grads]
     if extra is not None:
         # Pre-multiplied so that the division below leaves the flags summed.

@@ -56,7 +56,7 @@ class GeneratorEMA(nn.Module):
     def update(self, generator: nn.Module, updates: int) -> None:
         """Move the average towards ``generator`` after its ``updates``-th update."""
         weight = 1.0 - self.decay_at(updates)
-        averaged = list(self.module.parameters())
+        averaged: list[torch.Tensor] = list(self.module.parameters())
         current = [p.detach() for p in generator.parameters()]
         torch._foreach_lerp_(averaged, current, weight)
         # Buffers (BatchNorm statistics) are copied, not averaged, as in StyleGAN2.

@@ -36,4 +36,4 @@ class ResumableCSVLogger(CSVLogger):
     def _is_global_zero(self) -> bool:
         from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-        return rank_zero_only.rank == 0
+        return getattr(rank_zero_only, "rank", 0) == 0  # set by Lightning at start-up

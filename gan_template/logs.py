@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from lightning.fabric.loggers import Logger as FabricLogger
 from lightning.pytorch.loggers import Logger
 from torch import Tensor
 
 
-def log_at_iteration(loggers: Iterable[Logger], metrics: Mapping[str, Any], iteration: int) -> None:
+def log_at_iteration(
+    loggers: Iterable[Logger | FabricLogger], metrics: Mapping[str, Any], iteration: int
+) -> None:
     """Write ``metrics`` with ``step=iteration`` to every logger and flush them.
 
     Flushing matters: file loggers such as ``CSVLogger`` buffer until
@@ -69,11 +72,11 @@ class EpochMeans:
                 counts[name] = counts.get(name, 0) + count
         if not sums:
             return {}
-        names = sorted(sums)
-        means = torch.stack([sums[name] / counts[name] for name in names])
+        ordered = sorted(sums)
+        means = torch.stack([sums[name] / counts[name] for name in ordered])
         if reduce is not None:
             means = reduce(means)
-        return dict(zip(names, means, strict=True))
+        return dict(zip(ordered, means, strict=True))
 
     def reset(self) -> None:
         self._groups.clear()

@@ -23,16 +23,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from gan_template import nets
 from gan_template.distributed import all_reduce_gradients, disable_reducer
 from gan_template.ema import GeneratorEMA
 from gan_template.guard import SkipGuard, SkipIteration, TooManySkips
@@ -120,6 +122,8 @@ class GANModule(L.LightningModule):
 
         self.generator = generator
         self.discriminator = discriminator
+        self.latent_dim = nets.latent_dim(generator)
+        self.num_classes = nets.num_classes(generator)
         self.generator_ema = (
             GeneratorEMA(generator, ema_decay, ema_rampup) if ema_decay is not None else None
         )
@@ -159,7 +163,7 @@ class GANModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> STEP_OUTPUT:
         disable_reducer(self.trainer.model)  # gradients are averaged in _update instead
         real, labels = self.unpack(batch)
-        optimizer_g, optimizer_d = self.optimizers()
+        optimizer_g, optimizer_d = cast(list[LightningOptimizer], self.optimizers())
         n_critic = self.schedule.n_critic
         real_batches = real.chunk(n_critic)
         label_batches = labels.chunk(n_critic) if labels is not None else [None] * n_critic
@@ -205,7 +209,12 @@ class GANModule(L.LightningModule):
             scheduler.step()
 
     def discriminator_step(
-        self, optimizer: Optimizer, real: Tensor, fake: Tensor, labels: Tensor | None, first: bool
+        self,
+        optimizer: LightningOptimizer,
+        real: Tensor,
+        fake: Tensor,
+        labels: Tensor | None,
+        first: bool,
     ) -> dict[str, Tensor]:
         """One discriminator update; raises SkipIteration instead of updating.
 
@@ -230,7 +239,7 @@ class GANModule(L.LightningModule):
         return {name: value.detach() for name, value in metrics.items()}
 
     def generator_step(
-        self, optimizer: Optimizer, fake: Tensor, labels: Tensor | None
+        self, optimizer: LightningOptimizer, fake: Tensor, labels: Tensor | None
     ) -> dict[str, Tensor]:
         """One generator update through the (just updated) discriminator, which stays frozen."""
         with frozen(self.discriminator):  # backward computes no discriminator weight gradients
@@ -246,7 +255,7 @@ class GANModule(L.LightningModule):
     @property
     def conditional(self) -> bool:
         """Whether the networks take class labels (``num_classes > 0`` on the generator)."""
-        return getattr(self.generator, "num_classes", 0) > 0
+        return self.num_classes > 0
 
     def unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         """``(real, labels)``; labels only when the networks are class-conditional."""
@@ -264,7 +273,7 @@ class GANModule(L.LightningModule):
         )
 
     def sample_latent(self, n: int) -> Tensor:
-        return torch.randn(n, self.generator.latent_dim, device=self.device)
+        return torch.randn(n, self.latent_dim, device=self.device)
 
     def generate(self, n: int, keep_graph: bool, labels: Tensor | None = None) -> Tensor:
         """``n`` samples from the generator, with or without an autograd graph."""
@@ -274,7 +283,7 @@ class GANModule(L.LightningModule):
 
     def _update(
         self,
-        optimizer: Optimizer,
+        optimizer: LightningOptimizer,
         loss: Tensor,
         net: nn.Module,
         phase: str,
@@ -359,9 +368,10 @@ class GANModule(L.LightningModule):
         # Lightning turns a None return into {} in manual optimization.
         assert skipped == (not outputs), "training_step returns None exactly when it skips"
         if not skipped:
-            self.epoch_means.update(outputs)
+            metrics = cast(Mapping[str, Tensor], outputs)
+            self.epoch_means.update(metrics)
             if self._logging_step():
-                self._log_iteration(outputs)
+                self._log_iteration(metrics)
 
         if self.guard.limit_reached():
             raise TooManySkips(
@@ -384,7 +394,7 @@ class GANModule(L.LightningModule):
         self.epoch_means.reset()
 
     def _logging_step(self) -> bool:
-        every = self.trainer.log_every_n_steps
+        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning
         return every > 0 and (self.iteration % every == 0 or self.iteration == self.max_iterations)
 
     def _log_iteration(self, outputs: Mapping[str, Tensor]) -> None:
@@ -428,7 +438,7 @@ class GANModule(L.LightningModule):
             "iteration": self.iteration,
             "discriminator_updates": self.discriminator_updates,
             "guard": self.guard.state_dict(),
-            "num_classes": getattr(self.generator, "num_classes", 0),
+            "num_classes": self.num_classes,
             "rng": gather_rng_states(),  # every rank's, for an exact resume (resume.py)
         }
 
@@ -450,3 +460,12 @@ class GANModule(L.LightningModule):
     def sampling_generator(self) -> nn.Module:
         """The network samples and metrics use: the EMA generator where there is one."""
         return self.generator_ema.module if self.generator_ema is not None else self.generator
+
+
+def as_gan_module(pl_module: L.LightningModule) -> GANModule:
+    """``pl_module`` as the GANModule the template's callbacks need (they read its iteration)."""
+    if not isinstance(pl_module, GANModule):
+        raise TypeError(
+            f"the gan_template callbacks work with a GANModule, not {type(pl_module).__name__}"
+        )
+    return pl_module

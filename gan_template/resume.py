@@ -44,7 +44,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _numpy_state_to_plain(state: tuple) -> tuple:
+def _numpy_state_to_plain(state: Any) -> tuple[Any, ...]:
+    """numpy's legacy state tuple with the key array as a tensor and numbers as Python numbers."""
     name, keys, position, has_gauss, cached_gaussian = state
     return (
         name,

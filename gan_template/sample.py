@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from gan_template import nets
 from gan_template.train import build_network
 
 USAGE = "usage: python -m gan_template.sample ckpt=PATH n=2500 out=FILE.pt [seed=0] [device=cpu] [ema=true]"
@@ -57,23 +58,18 @@ def load_generator(
     return generator.to(device).eval(), cfg
 
 
-@torch.no_grad()
-def sample(
-    generator: nn.Module, n: int, seed: int = 0, batch_size: int = 1024, device: str = "cpu"
-) -> torch.Tensor:
-    """``n`` samples on the CPU, from noise drawn with ``seed``."""
-    rng = torch.Generator().manual_seed(seed)
-    chunks = []
-    for start in range(0, n, batch_size):
-        size = min(batch_size, n - start)
-        z = torch.randn(size, generator.latent_dim, generator=rng).to(device)
-        if getattr(generator, "num_classes", 0):
-            # Class-conditional: classes in turn, so every class is represented equally.
-            labels = (torch.arange(start, start + size) % generator.num_classes).to(device)
-            chunks.append(generator(z, labels).float().cpu())
-        else:
-            chunks.append(generator(z).float().cpu())
-    return torch.cat(chunks)
+def sample(generator: nn.Module, n: int, seed: int = 0, batch_size: int = 1024) -> torch.Tensor:
+    """``n`` samples on the CPU, from noise drawn with ``seed``.
+
+    A class-conditional generator gets the classes in turn, so every class is
+    represented equally.
+    """
+    noise = torch.randn(
+        n, nets.latent_dim(generator), generator=torch.Generator().manual_seed(seed)
+    )
+    classes = nets.num_classes(generator)
+    labels = torch.arange(n) % classes if classes else None
+    return nets.generate(generator, noise, labels, chunk_size=batch_size)
 
 
 def save_image_grid(samples: torch.Tensor, path: Path, max_images: int = 64) -> None:
@@ -94,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if int(args.n) < 1:
         raise SystemExit(f"n={args.n} must be >= 1; {USAGE}")
     generator, cfg = load_generator(args.ckpt, use_ema=bool(args.ema), device=args.device)
-    samples = sample(generator, int(args.n), int(args.seed), int(args.batch_size), args.device)
+    samples = sample(generator, int(args.n), int(args.seed), int(args.batch_size))
     # Toy data may be trained at a reduced scale (data.scale): return original units.
     samples = samples * float(cfg.data.get("scale", 1.0))
     out = Path(args.out)

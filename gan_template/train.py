@@ -9,7 +9,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from gan_template import nets
 from gan_template.config import validate
 from gan_template.errors import ConfigError
 from gan_template.guard import SkipGuard
@@ -73,14 +74,20 @@ def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
         max_iterations=cfg.train.iterations,
         compile_networks=cfg.train.compile,
         channels_last=cfg.train.channels_last,
-        run_config=OmegaConf.to_container(cfg, resolve=True),
+        run_config=cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)),
     )
 
 
 def check_shapes(module: GANModule, datamodule: L.LightningDataModule) -> None:
     """Fail at start-up, naming both values, when networks and data disagree."""
-    data_shape = tuple(datamodule.sample_shape)
-    generated = tuple(module.generator.sample_shape)
+    data_shape = getattr(datamodule, "sample_shape", None)
+    if data_shape is None:
+        raise ConfigError(
+            f"the data module {type(datamodule).__name__} has no `sample_shape` attribute; set "
+            "self.sample_shape (the shape of one sample, e.g. (2,) or (3, 32, 32)) in its __init__"
+        )
+    data_shape = tuple(data_shape)
+    generated = nets.sample_shape(module.generator)
     if data_shape != generated:
         raise ConfigError(
             f"the generator produces samples of shape {generated} but the data "

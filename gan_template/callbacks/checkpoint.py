@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gan_template.callbacks.periodic import is_due
 from gan_template.guard import TooManySkips
+from gan_template.module import as_gan_module
 
 
 class IterationCheckpoint(Callback):
@@ -56,13 +57,14 @@ class IterationCheckpoint(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        iteration = pl_module.iteration
+        module = as_gan_module(pl_module)
+        iteration = module.iteration
         if is_due(iteration, self.every_n_iterations, self.last_saved_iteration):
             self._save(trainer, iteration, numbered=True)
         elif (
             iteration != self.last_saved_iteration
-            and pl_module.max_iterations is not None
-            and iteration >= pl_module.max_iterations
+            and module.max_iterations is not None
+            and iteration >= module.max_iterations
         ):
             # The final checkpoint is written here, inside the last batch, not in
             # on_train_end: by then Lightning has counted the interrupted epoch as
@@ -71,8 +73,9 @@ class IterationCheckpoint(Callback):
             self._save(trainer, iteration, numbered=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.iteration != self.last_saved_iteration:
-            self._save(trainer, pl_module.iteration, numbered=False)
+        iteration = as_gan_module(pl_module).iteration
+        if iteration != self.last_saved_iteration:
+            self._save(trainer, iteration, numbered=False)
         rank_zero_info(f"Last checkpoint: {self.last_path(trainer)}")
 
     def on_exception(
@@ -85,12 +88,13 @@ class IterationCheckpoint(Callback):
         # save's barrier would hang.
         agreed = isinstance(exception, (TooManySkips, SIGTERMException))
         if agreed or (isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1):
-            self._save(trainer, pl_module.iteration, numbered=False)
+            iteration = as_gan_module(pl_module).iteration
+            self._save(trainer, iteration, numbered=False)
             what = (
                 "SIGTERM" if isinstance(exception, SIGTERMException) else type(exception).__name__
             )
             rank_zero_info(
-                f"{what}: saved a resumable checkpoint at iteration {pl_module.iteration}. Resume with "
+                f"{what}: saved a resumable checkpoint at iteration {iteration}. Resume with "
                 f"the same overrides plus ckpt_path={self.last_path(trainer)}"
             )
 

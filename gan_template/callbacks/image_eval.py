@@ -11,15 +11,18 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from gan_template import nets
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.logs import log_at_iteration
 from gan_template.metrics.images import (
     FeatureExtractor,
+    SmallClassifier,
     class_coverage,
     fid_kid,
     load_or_train_classifier,
     to_unit_range,
 )
+from gan_template.module import GANModule, as_gan_module
 from gan_template.resume import isolated_rng
 
 
@@ -66,12 +69,12 @@ class ImageQualityEvaluation(EveryNIterations):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.seed = seed
         self.result: dict[str, float] | None = None
-        self._classifier: nn.Module | None = None
+        self._classifier: SmallClassifier | None = None
         self._extractor: nn.Module | None = None
         self._real: tuple[Tensor, Tensor] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
         if not getattr(datamodule, "num_classes", 0):
             rank_zero_info(
                 "ImageQualityEvaluation: the data has no class labels; class coverage is off"
@@ -80,7 +83,7 @@ class ImageQualityEvaluation(EveryNIterations):
     def _prepare(self, trainer: L.Trainer) -> None:
         if self._real is not None:
             return
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
         self._real = datamodule.real_samples(self.num_samples, seed=self.seed)
         if datamodule.num_classes:
             name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_v1.pt"
@@ -103,38 +106,28 @@ class ImageQualityEvaluation(EveryNIterations):
                 "feature_extractor=inception (pip install torch-fidelity; needs internet once)"
             )
 
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def run(self, trainer: L.Trainer, pl_module: GANModule) -> None:
         self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
+        pl_module = as_gan_module(pl_module)
         if self.result is not None and trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / "image_metrics.json"
             path.write_text(json.dumps({"iteration": pl_module.iteration, **self.result}, indent=2))
             summary = ", ".join(f"{k} {v:.4g}" for k, v in self.result.items())
             rank_zero_info(f"Image metrics at iteration {pl_module.iteration}: {summary} ({path})")
 
-    @torch.no_grad()
-    def generate(self, pl_module: L.LightningModule, labels: Tensor) -> Tensor:
-        generator = pl_module.sampling_generator
+    def generate(self, pl_module: GANModule, labels: Tensor) -> Tensor:
+        """One sample per real label (the real class balance when conditional)."""
         rng = torch.Generator().manual_seed(self.seed)
-        was_training = generator.training
-        generator.eval()
-        chunks = []
-        for label_chunk in labels.split(250):
-            z = torch.randn(len(label_chunk), generator.latent_dim, generator=rng).to(
-                pl_module.device
-            )
-            if pl_module.conditional:
-                chunks.append(generator(z, label_chunk.to(pl_module.device)).float().cpu())
-            else:
-                chunks.append(generator(z).float().cpu())
-        generator.train(was_training)
-        return torch.cat(chunks)
+        noise = torch.randn(len(labels), pl_module.latent_dim, generator=rng)
+        conditioning = labels if pl_module.conditional else None
+        return nets.generate(pl_module.sampling_generator, noise, conditioning, chunk_size=250)
 
     @torch.no_grad()
     @isolated_rng()
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+    def evaluate(self, trainer: L.Trainer, pl_module: GANModule) -> dict[str, float]:
         self._prepare(trainer)
         assert self._real is not None and self._extractor is not None
         real_images, real_labels = self._real

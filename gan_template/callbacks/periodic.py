@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from gan_template.module import GANModule, as_gan_module
+
 
 def is_due(iteration: int, every_n_iterations: int, last_done: int) -> bool:
     """Whether a periodic action (evaluation, grid, checkpoint) runs after this iteration."""
@@ -33,7 +35,7 @@ class EveryNIterations(Callback):
         self.every_n_iterations = every_n_iterations
         self.last_run_iteration = -1
 
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def run(self, trainer: L.Trainer, pl_module: GANModule) -> None:
         raise NotImplementedError
 
     def on_train_batch_end(
@@ -44,13 +46,16 @@ class EveryNIterations(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if is_due(pl_module.iteration, self.every_n_iterations, self.last_run_iteration):
+        if is_due(
+            as_gan_module(pl_module).iteration, self.every_n_iterations, self.last_run_iteration
+        ):
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.iteration != self.last_run_iteration:
+        if as_gan_module(pl_module).iteration != self.last_run_iteration:
             self._run(trainer, pl_module)
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.last_run_iteration = pl_module.iteration
-        self.run(trainer, pl_module)
+        module = as_gan_module(pl_module)
+        self.last_run_iteration = module.iteration
+        self.run(trainer, module)

@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from gan_template.module import as_gan_module
+
 
 class IterationProgressBar(TQDMProgressBar):
     """One bar for the whole run, ``iteration / train.iterations``, across epochs.
@@ -19,8 +21,8 @@ class IterationProgressBar(TQDMProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self.train_progress_bar.reset(total=getattr(pl_module, "max_iterations", None))
-        self.train_progress_bar.initial = pl_module.iteration
-        self.train_progress_bar.n = pl_module.iteration
+        self.train_progress_bar.initial = as_gan_module(pl_module).iteration
+        self.train_progress_bar.n = as_gan_module(pl_module).iteration
         self.train_progress_bar.set_description("Iterations")
 
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
@@ -35,8 +37,8 @@ class IterationProgressBar(TQDMProgressBar):
         batch_idx: int,
     ) -> None:
         bar = self.train_progress_bar
-        if self._should_update(pl_module.iteration, bar.total) and not bar.disable:
-            bar.n = pl_module.iteration
+        if self._should_update(as_gan_module(pl_module).iteration, bar.total) and not bar.disable:
+            bar.n = as_gan_module(pl_module).iteration
             bar.set_postfix(self.get_metrics(trainer, pl_module))
             bar.refresh()
 

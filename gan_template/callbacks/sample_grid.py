@@ -9,7 +9,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid, save_image
 
+from gan_template import nets
 from gan_template.callbacks.periodic import EveryNIterations
+from gan_template.module import GANModule
 
 
 class SampleGrid(EveryNIterations):
@@ -31,27 +33,24 @@ class SampleGrid(EveryNIterations):
         self.columns = columns
         self.seed = seed
 
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def run(self, trainer: L.Trainer, pl_module: GANModule) -> None:
         self.render(trainer, pl_module)
 
-    @torch.no_grad()
-    def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+    def render(self, trainer: L.Trainer, pl_module: GANModule) -> Path | None:
         if not trainer.is_global_zero:
             return None
-        generator = pl_module.sampling_generator
         n = self.rows * self.columns
-        rng = torch.Generator().manual_seed(self.seed)
-        z = torch.randn(n, generator.latent_dim, generator=rng).to(pl_module.device)
-        was_training = generator.training
-        generator.eval()
-        if pl_module.conditional:
-            labels = (torch.arange(n) // self.columns % generator.num_classes).to(pl_module.device)
-            images = generator(z, labels)
-        else:
-            images = generator(z)
-        generator.train(was_training)
+        noise = torch.randn(
+            n, pl_module.latent_dim, generator=torch.Generator().manual_seed(self.seed)
+        )
+        labels = (
+            torch.arange(n) // self.columns % pl_module.num_classes
+            if pl_module.conditional
+            else None
+        )
+        images = nets.generate(pl_module.sampling_generator, noise, labels)
         grid = make_grid(
-            images.float().cpu(),
+            images,
             nrow=self.columns,
             normalize=True,
             value_range=(-1.0, 1.0),

@@ -9,9 +9,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from gan_template import nets
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.logs import log_at_iteration
 from gan_template.metrics.toy import ModeCoverage, mode_coverage
+from gan_template.module import GANModule, as_gan_module
 from gan_template.resume import isolated_rng
 
 
@@ -42,11 +44,12 @@ class ToyMixtureEvaluation(EveryNIterations):
         self.seed = seed
         self.result: ModeCoverage | None = None
 
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def run(self, trainer: L.Trainer, pl_module: GANModule) -> None:
         self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
+        pl_module = as_gan_module(pl_module)
         if self.result is not None and trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / "toy_metrics.json"
             path.write_text(
@@ -60,18 +63,11 @@ class ToyMixtureEvaluation(EveryNIterations):
 
     @torch.no_grad()
     @isolated_rng()
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ModeCoverage:
-        datamodule = trainer.datamodule
-        generator = pl_module.sampling_generator
-        was_training = generator.training
-        generator.eval()
-        noise = torch.randn(
-            self.num_samples,
-            generator.latent_dim,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-        samples = generator(noise.to(pl_module.device)).float().cpu()
-        generator.train(was_training)
+    def evaluate(self, trainer: L.Trainer, pl_module: GANModule) -> ModeCoverage:
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
+        rng = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn(self.num_samples, pl_module.latent_dim, generator=rng)
+        samples = nets.generate(pl_module.sampling_generator, noise)
 
         self.result = mode_coverage(samples, datamodule.modes, datamodule.std)
         metrics = {

@@ -63,7 +63,7 @@ class EpochShuffledBatches(Sampler[Any]):
     def __len__(self) -> int:
         return (self.num_items // self.world_size) // self.batch_size
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[Any]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.num_items, generator=generator)[self.rank :: self.world_size]
         start, self.start_batch = self.start_batch, 0

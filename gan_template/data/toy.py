@@ -63,7 +63,7 @@ class ToyMixtureDataModule(L.LightningDataModule):
             raise ValueError(f"data.scale={scale} must be > 0")
         modes, std = mixture_modes(name)
         self.modes, self.std, self.scale = modes / scale, std / scale, scale
-        self.name = name
+        self.name: str = name
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.batches_per_iteration = batches_per_iteration

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 
@@ -10,7 +12,7 @@ def _mlp(
     hidden_dim: int,
     depth: int,
     out_dim: int,
-    activation: type[nn.Module],
+    activation: Callable[[], nn.Module],
     batch_norm: bool = False,
 ) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim)]
