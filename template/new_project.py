@@ -36,6 +36,8 @@ TEMPLATE_ONLY = (
     "tests/test_template.py",
     ".github/workflows/template.yml",
 )
+#: A line containing this marker serves the template only and is removed (e.g. a dependency).
+TEMPLATE_ONLY_LINE = "# template-only"
 #: The README section between these markers is about the template, not the project.
 README_TEMPLATE_SECTION = re.compile(
     r"\n?<!-- template-only:start -->.*?<!-- template-only:end -->\n?", re.DOTALL
@@ -129,6 +131,10 @@ def rename_project(root: Path, name: str, package: str) -> list[Path]:
         except UnicodeDecodeError:
             continue  # images and other binary files
         new = rewrite_text(text, name, package)
+        if TEMPLATE_ONLY_LINE in new:
+            new = "".join(
+                line for line in new.splitlines(keepends=True) if TEMPLATE_ONLY_LINE not in line
+            )
         if path == root / "README.md":
             new = README_TEMPLATE_SECTION.sub("\n", new)
             new = re.sub(r"\A# .*", f"# {name}", new, count=1)

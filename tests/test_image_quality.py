@@ -80,3 +80,13 @@ def test_trained_generator_beats_untrained_and_collapsed_on_every_metric(default
         assert scores["trained"]["classes_covered"] > scores[worse]["classes_covered"], scores
         assert scores["trained"]["class_kl"] < scores[worse]["class_kl"], scores
     assert scores["trained"]["classes_covered"] >= 8, scores
+
+
+def test_cached_classifiers_are_keyed_by_the_data_not_only_its_name() -> None:
+    from gan_template.callbacks.image_eval import data_fingerprint
+
+    images, labels = torch.rand(300, 1, 8, 8), torch.randint(0, 10, (300,))
+    same = data_fingerprint(images.clone(), labels.clone())
+    assert data_fingerprint(images, labels) == same
+    assert data_fingerprint(images.flip(0), labels) != same  # another folder of the same size
+    assert data_fingerprint(images, (labels + 1) % 10) != same

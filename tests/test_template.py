@@ -5,6 +5,7 @@ Template-only: ``template/new_project.py`` drops this file from the projects it 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def test_the_package_is_renamed_everywhere(project: Path) -> None:
     pyproject = files["pyproject.toml"]
     assert 'name = "my-gan"' in pyproject
     assert 'my-gan = "my_gan.__main__:main"' in pyproject
+    assert "copier" not in pyproject  # a dependency of the template's own test only
     assert files["README.md"].startswith("# my-gan\n")
     assert "_target_: my_gan.nets.dcgan.DCGANGenerator" in files["conf/model/dcgan.yaml"]
     assert "MY_GAN_CACHE" in files["my_gan/callbacks/image_eval.py"]
@@ -90,6 +92,34 @@ def test_the_new_project_passes_its_fast_tests_and_trains(project: Path) -> None
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "samples" / "grid_last.png").is_file()
     assert "my_gan" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+def test_the_new_project_trains_on_an_image_folder(project: Path, tmp_path: Path) -> None:
+    # The README's "Train on your own images" in the renamed project: two classes of PNGs.
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for index, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        if label < 2:
+            folder = tmp_path / "images" / f"digit{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((image * 15).astype("uint8")).resize((16, 16)).save(
+                folder / f"{index}.png"
+            )
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(project), "MY_GAN_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run(
+        [sys.executable, "-m", "my_gan", "data=folder", f"data.root={tmp_path / 'images'}",
+         "data.resolution=16", "data.channels=1", "data.num_workers=0", "data.batch_size=32",
+         "train.iterations=20", "trainer=cpu", "trainer.enable_progress_bar=false",
+         f"hydra.run.dir={run_dir}"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (run_dir / "samples" / "grid_last.png").is_file()
+    metrics = json.loads((run_dir / "image_metrics.json").read_text())
+    assert metrics["iteration"] == 20 and metrics["num_classes"] == 2
 
 
 def test_copier_makes_the_same_project(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -86,9 +87,11 @@ class ImageQualityEvaluation(EveryNIterations):
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
         self._real = datamodule.real_samples(self.num_samples, seed=self.seed)
         if datamodule.num_classes:
-            name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_v1.pt"
             # The classifier trains on the full labelled set (its own held-out split inside).
             images, labels = datamodule.real_samples(len(datamodule.dataset), seed=0)
+            # Keyed by the data itself, not only its name: two image folders of the
+            # same size must not share a classifier.
+            name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_{data_fingerprint(images, labels)}_v1.pt"
             classifier, accuracy = load_or_train_classifier(
                 self.cache_dir / name, images, labels, datamodule.num_classes
             )
@@ -143,6 +146,15 @@ class ImageQualityEvaluation(EveryNIterations):
             trainer.loggers, {f"image/{k}": v for k, v in result.items()}, pl_module.iteration
         )
         return result
+
+
+def data_fingerprint(images: Tensor, labels: Tensor) -> str:
+    """A short hash of a labelled image set (its size, labels and a spread of its images)."""
+    step = max(1, len(images) // 256)
+    digest = hashlib.sha1(str(tuple(images.shape)).encode())
+    digest.update(labels.numpy().tobytes())
+    digest.update(images[::step].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 class _InceptionFeatures(nn.Module):
