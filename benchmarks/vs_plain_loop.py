@@ -12,10 +12,13 @@ fresh real batches, one G update reusing the last fake batch, requires_grad
 toggling, the generator EMA; and nothing else (no skip checks, no gradient
 norms, no logging).
 
-A third row, "unchecked", is (A) with the skip rule's checks off
-(``skip.check_losses=false skip.check_gradients=false``): the difference to
-(A) is what the safety checks cost, the difference to (B) what Lightning and
-the rest of the template cost. ``--overrides`` adds Hydra overrides to every
+Two more rows split the difference. "unchecked" is (A) with the skip rule's
+checks off (``skip.check_losses=false skip.check_gradients=false``): its
+distance to (A) is what the safety checks cost. "lightning" is (B)'s
+iteration run as the ``training_step`` of a minimal LightningModule under the
+same Trainer settings and data module (manual_backward, Lightning's optimizer
+wrappers, no logger, no callbacks): its distance to (B) is what Lightning's
+per-batch machinery costs by itself, and the rest of (A)'s is the template's. ``--overrides`` adds Hydra overrides to every
 run (for example ``optim.generator.foreach=true``).
 
 Each run is a fresh subprocess (so peak memory is its own); A and B alternate
@@ -36,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-KINDS = ("template", "unchecked", "plain")
+KINDS = ("template", "unchecked", "lightning", "plain")
 
 RECIPES = {
     "toy": ["experiment=ring", "data.batch_size=256"],
@@ -123,64 +126,146 @@ def run_template(cfg: Any, warmup: int, device: str) -> dict[str, float]:
     return {"median_s": statistics.median(steps), "peak_mib": peak_memory(device)}
 
 
-def run_plain(cfg: Any, warmup: int, device: str) -> dict[str, float]:
-    import torch
-    import torch.nn.functional as F
-    from hydra.utils import instantiate
+class PlainGAN:
+    """The networks, optimizers and EMA of a config, and one iteration of the plain loop."""
 
-    from gan_template.train import build_module
+    def __init__(self, cfg: Any, device: str) -> None:
+        import torch
+        from hydra.utils import instantiate
 
-    torch.manual_seed(cfg.seed)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    module = build_module(cfg)  # the same networks, initialised the same way
-    G, D = module.generator.to(device), module.discriminator.to(device)
-    ema = module.generator_ema.module.to(device) if module.generator_ema is not None else None
-    opt_g = instantiate(cfg.optim.generator)(G.parameters())
-    opt_d = instantiate(cfg.optim.discriminator)(D.parameters())
-    images = datamodule.dataset.tensors[0]
-    n_critic, batch = cfg.train.n_critic, cfg.data.batch_size
-    autocast = torch.autocast(
-        device, dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16-mixed"
-    )
-    stamps: list[float] = []
-    order = torch.randperm(len(images))
-    position = 0
-    for iteration in range(1, cfg.train.iterations + 1):
-        if position + n_critic * batch > len(order):
-            order, position = torch.randperm(len(images)), 0
-        real_all = images[order[position : position + n_critic * batch]].to(
-            device, non_blocking=True
+        from gan_template.train import build_module
+
+        torch.manual_seed(cfg.seed)
+        self.module = build_module(cfg)  # the same networks, initialised the same way
+        self.G = self.module.generator.to(device)
+        self.D = self.module.discriminator.to(device)
+        ema = self.module.generator_ema
+        self.ema = ema.module.to(device) if ema is not None else None
+        self.opt_g = instantiate(cfg.optim.generator)(self.G.parameters())
+        self.opt_d = instantiate(cfg.optim.discriminator)(self.D.parameters())
+        self.n_critic, self.device = cfg.train.n_critic, device
+        self.autocast = torch.autocast(
+            device, dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16-mixed"
         )
-        position += n_critic * batch
-        for k, real in enumerate(real_all.chunk(n_critic)):
-            z = torch.randn(batch, G.latent_dim, device=device)
-            with autocast, torch.set_grad_enabled(k == n_critic - 1):
+
+    def iteration(
+        self,
+        real_all: Any,
+        iteration: int,
+        backward: Any = None,
+        opt_g: Any = None,
+        opt_d: Any = None,
+    ) -> None:
+        """n_critic D updates, one G update, the EMA: nothing else."""
+        import torch
+        import torch.nn.functional as F
+
+        G, D, autocast = self.G, self.D, self.autocast
+        backward = backward or (lambda loss: loss.backward())
+        opt_g, opt_d = opt_g or self.opt_g, opt_d or self.opt_d
+        for k, real in enumerate(real_all.chunk(self.n_critic)):
+            z = torch.randn(real.shape[0], self.module.latent_dim, device=real.device)
+            with autocast, torch.set_grad_enabled(k == self.n_critic - 1):
                 fake = G(z)
             D.requires_grad_(True)
             G.requires_grad_(False)
             with autocast:
                 loss_d = F.softplus(-D(real)).mean() + F.softplus(D(fake.detach())).mean()
             opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
+            backward(loss_d)
             opt_d.step()
         D.requires_grad_(False)
         G.requires_grad_(True)
         with autocast:
             loss_g = F.softplus(-D(fake)).mean()
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        backward(loss_g)
         opt_g.step()
         D.requires_grad_(True)
-        if ema is not None:
+        if self.ema is not None:
             with torch.no_grad():
-                weight = 1 - module.generator_ema.decay_at(iteration)
-                torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), weight)
-                for mine, theirs in zip(ema.buffers(), G.buffers(), strict=False):
+                weight = 1 - self.module.generator_ema.decay_at(iteration)
+                torch._foreach_lerp_(list(self.ema.parameters()), list(G.parameters()), weight)
+                for mine, theirs in zip(self.ema.buffers(), G.buffers(), strict=False):
                     mine.copy_(theirs)
+
+
+def run_plain(cfg: Any, warmup: int, device: str) -> dict[str, float]:
+    import torch
+    from hydra.utils import instantiate
+
+    gan = PlainGAN(cfg, device)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    images = datamodule.dataset.tensors[0]
+    per_iteration = cfg.train.n_critic * cfg.data.batch_size
+    stamps: list[float] = []
+    order = torch.randperm(len(images))
+    position = 0
+    for iteration in range(1, cfg.train.iterations + 1):
+        if position + per_iteration > len(order):
+            order, position = torch.randperm(len(images)), 0
+        real_all = images[order[position : position + per_iteration]].to(device, non_blocking=True)
+        position += per_iteration
+        gan.iteration(real_all, iteration)
         if device == "cuda":
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
+    steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
+    return {"median_s": statistics.median(steps), "peak_mib": peak_memory(device)}
+
+
+def run_lightning(cfg: Any, warmup: int, device: str) -> dict[str, float]:
+    """The plain loop's iteration as the training_step of a minimal LightningModule.
+
+    Same Trainer settings and data module as the template, no logger and no
+    callbacks but the timer: what Lightning's per-batch machinery costs by itself.
+    """
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import Callback
+
+    gan = PlainGAN(cfg, device)
+    stamps: list[float] = []
+
+    class Minimal(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.G, self.D = gan.G, gan.D
+            self.count = 0
+
+        def configure_optimizers(self) -> Any:
+            return [gan.opt_g, gan.opt_d]
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+            self.count += 1
+            gan.iteration(batch[0], self.count, self.manual_backward, opt_g, opt_d)
+
+    class Stamp(Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
+            trainer.should_stop = len(stamps) >= cfg.train.iterations
+
+    trainer = L.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        precision=cfg.trainer.precision,
+        benchmark=device == "cuda",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=-1,
+        max_steps=-1,
+        use_distributed_sampler=False,
+        callbacks=[Stamp()],
+    )
+    trainer.fit(Minimal(), datamodule=instantiate(cfg.data))
     steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
     return {"median_s": statistics.median(steps), "peak_mib": peak_memory(device)}
 
@@ -190,12 +275,18 @@ def worker(args: argparse.Namespace) -> None:
 
     import torch
 
+    from gan_template.train import avoid_per_step_gpu_probing
+
+    # `import lightning` (which every kind does, through gan_template) makes torch
+    # probe NVML on every Adam.step of a GPU-less machine; train() turns that off,
+    # and so must every kind here, or the plain loop pays a cost it would not have.
+    avoid_per_step_gpu_probing()
     if args.device == "cuda" and args.worker == "plain":
         torch.backends.cudnn.benchmark = True  # the template's runs get trainer.benchmark=true
     run_dir = Path(tempfile.mkdtemp(prefix="vs_plain_"))
     extra = [*args.overrides, *(UNCHECKED if args.worker == "unchecked" else [])]
     cfg = compose(args.recipe, args.device, args.precision, args.iterations, run_dir, extra)
-    runner = run_plain if args.worker == "plain" else run_template
+    runner = {"plain": run_plain, "lightning": run_lightning}.get(args.worker, run_template)
     print(json.dumps(runner(cfg, args.warmup, args.device)))
 
 
