@@ -22,6 +22,7 @@ import argparse
 import keyword
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -147,6 +148,25 @@ def rename_project(root: Path, name: str, package: str) -> list[Path]:
     return changed
 
 
+def reformat(root: Path) -> bool:
+    """Re-wrap the lines whose length the new name changed, with ruff where it is installed.
+
+    Returns False when no ruff could be run (then ``ruff format .`` is left to the user).
+    """
+    for ruff in (["ruff"], [sys.executable, "-m", "ruff"]):
+        try:
+            subprocess.run(
+                [*ruff, "format", "--quiet", "--no-cache", "."],
+                cwd=root,
+                check=True,
+                capture_output=True,
+            )
+            return True
+        except (OSError, subprocess.CalledProcessError):
+            continue
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,16 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     except ProjectNameError as error:
         print(f"new_project: error: {error}", file=sys.stderr)
         return 2
-    commit = (
-        "git add -A && git commit -m 'Rename the package'"
-        if args.in_place
-        else ("git init && git add -A && git commit -m 'Start the project'")
-    )
+    formatted = reformat(root)
+    commit = "git add -A && git commit -m 'Rename the package'"
+    if not args.in_place:
+        commit = "git init && " + commit.replace("Rename the package", "Start the project")
     print(
         f"Created {name} (package {package}) in {root}. Next:\n"
         f"  cd {root}\n  {commit}\n"
         '  python3 -m venv .venv && source .venv/bin/activate && pip install -e ".[dev]"\n'
-        f"  python -m pytest && python -m {package}"
+        + ("" if formatted else "  ruff format .   # the new name changed some line lengths\n")
+        + f"  python -m pytest && python -m {package}"
     )
     return 0
 

@@ -66,8 +66,16 @@ def test_template_only_files_are_dropped(project: Path) -> None:
         assert not (project / relative).exists(), relative
     readme = (project / "README.md").read_text()
     assert "template-only" not in readme and "new_project.py" not in readme
-    # The project's own CI stays.
+    # The project's own CI stays, and its lint passes although the new name changed line lengths.
     assert (project / ".ci" / "run").is_file() and (project / ".github/workflows/ci.yml").is_file()
+    for command in (["check"], ["format", "--check"]):
+        lint = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "."],
+            cwd=project,
+            capture_output=True,
+            text=True,
+        )
+        assert lint.returncode == 0, lint.stdout[-2000:]
 
 
 def test_the_new_project_passes_its_fast_tests_and_trains(project: Path) -> None:
