@@ -139,6 +139,7 @@ def test_copier_makes_the_same_project(tmp_path: Path) -> None:
         str(REPO_ROOT),
         str(destination),
         data={"project_name": "my-gan"},
+        vcs_ref="HEAD",  # this checkout (with uncommitted changes), not the latest tag
         defaults=True,
         unsafe=True,  # the post-copy task runs template/new_project.py
         quiet=True,
