@@ -21,8 +21,9 @@ wrappers, no logger, no callbacks): its distance to (B) is what Lightning's
 per-batch machinery costs by itself, and the rest of (A)'s is the template's. ``--overrides`` adds Hydra overrides to every
 run (for example ``optim.generator.foreach=true``).
 
-Each run is a fresh subprocess (so peak memory is its own); A and B alternate
-``--repeats`` times. Reported: median seconds per iteration (wall time between
+Each run is a fresh subprocess, so peak memory is its own; the kinds alternate
+``--repeats`` times. With ``--in-process`` all runs share this one process:
+far less noise between runs on a busy machine, but no peak memory per kind. Reported: median seconds per iteration (wall time between
 consecutive iterations after a warm-up, data loading included), the ratio A/B,
 and peak memory (resident set on CPU, max allocated on CUDA).
 """
@@ -121,7 +122,10 @@ def run_template(cfg: Any, warmup: int, device: str) -> dict[str, float]:
         original(self, *args, callbacks=[*(callbacks or []), Stamp()], **kwargs)
 
     L.Trainer.__init__ = with_stamp  # type: ignore[method-assign]
-    train(cfg)
+    try:
+        train(cfg)
+    finally:
+        L.Trainer.__init__ = original  # type: ignore[method-assign]
     steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
     return {"median_s": statistics.median(steps), "peak_mib": peak_memory(device)}
 
@@ -270,7 +274,8 @@ def run_lightning(cfg: Any, warmup: int, device: str) -> dict[str, float]:
     return {"median_s": statistics.median(steps), "peak_mib": peak_memory(device)}
 
 
-def worker(args: argparse.Namespace) -> None:
+def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
+    """One run of ``kind`` in this process."""
     import tempfile
 
     import torch
@@ -281,13 +286,17 @@ def worker(args: argparse.Namespace) -> None:
     # probe NVML on every Adam.step of a GPU-less machine; train() turns that off,
     # and so must every kind here, or the plain loop pays a cost it would not have.
     avoid_per_step_gpu_probing()
-    if args.device == "cuda" and args.worker == "plain":
-        torch.backends.cudnn.benchmark = True  # the template's runs get trainer.benchmark=true
+    # The template's runs get trainer.benchmark=true; Lightning sets the flag per run.
+    torch.backends.cudnn.benchmark = args.device == "cuda"
     run_dir = Path(tempfile.mkdtemp(prefix="vs_plain_"))
-    extra = [*args.overrides, *(UNCHECKED if args.worker == "unchecked" else [])]
+    extra = [*args.overrides, *(UNCHECKED if kind == "unchecked" else [])]
     cfg = compose(args.recipe, args.device, args.precision, args.iterations, run_dir, extra)
-    runner = {"plain": run_plain, "lightning": run_lightning}.get(args.worker, run_template)
-    print(json.dumps(runner(cfg, args.warmup, args.device)))
+    runner = {"plain": run_plain, "lightning": run_lightning}.get(kind, run_template)
+    return runner(cfg, args.warmup, args.device)
+
+
+def worker(args: argparse.Namespace) -> None:
+    print(json.dumps(measure(args.worker, args)))
 
 
 def main() -> None:
@@ -301,6 +310,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for all runs")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every kind in this one process (less noise between runs; no peak memory)",
+    )
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -309,6 +323,9 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     for _ in range(args.repeats):
         for kind in KINDS:  # alternate the runs
+            if args.in_process:
+                results[kind].append({**measure(kind, args), "peak_mib": float("nan")})
+                continue
             command = [sys.executable, __file__, "--worker", kind, *sys.argv[1:]]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[kind].append(json.loads(output.strip().splitlines()[-1]))
