@@ -31,6 +31,7 @@ and peak memory (resident set on CPU, max allocated on CUDA).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -96,38 +97,58 @@ def peak_memory(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
 
 
+class Clock:
+    """Time stamps at the end of every iteration; the result is the median interval."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+
+    def tick(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()  # the iteration's kernels have finished
+        self.stamps.append(time.perf_counter())
+
+    def callback(self, stop_after: int | None = None) -> Any:
+        """A Lightning callback that ticks after every batch (and stops after ``stop_after``)."""
+        from lightning.pytorch.callbacks import Callback
+
+        clock = self
+
+        class Tick(Callback):
+            def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+                clock.tick()
+                if stop_after is not None and len(clock.stamps) >= stop_after:
+                    trainer.should_stop = True
+
+        return Tick()
+
+    def result(self, warmup: int) -> dict[str, float]:
+        steps = [b - a for a, b in itertools.pairwise(self.stamps[warmup:])]
+        return {"median_s": statistics.median(steps), "peak_mib": peak_memory(self.device)}
+
+
 def run_template(cfg: Any, warmup: int, device: str) -> dict[str, float]:
     import lightning as L
-    from lightning.pytorch.callbacks import Callback
 
     from gan_template.train import train
 
-    stamps: list[float] = []
-
-    class Stamp(Callback):
-        def on_train_batch_end(
-            self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
-        ) -> None:
-            if device == "cuda":
-                import torch
-
-                torch.cuda.synchronize()
-            stamps.append(time.perf_counter())
-
+    clock = Clock(device)
     original = L.Trainer.__init__
 
-    def with_stamp(
+    def with_clock(
         self: L.Trainer, *args: Any, callbacks: list | None = None, **kwargs: Any
     ) -> None:
-        original(self, *args, callbacks=[*(callbacks or []), Stamp()], **kwargs)
+        original(self, *args, callbacks=[*(callbacks or []), clock.callback()], **kwargs)
 
-    L.Trainer.__init__ = with_stamp  # type: ignore[method-assign]
+    L.Trainer.__init__ = with_clock  # type: ignore[method-assign]
     try:
         train(cfg)
     finally:
         L.Trainer.__init__ = original  # type: ignore[method-assign]
-    steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
-    return {"median_s": statistics.median(steps), "peak_mib": peak_memory(device)}
+    return clock.result(warmup)
 
 
 class PlainGAN:
@@ -203,7 +224,7 @@ def run_plain(cfg: Any, warmup: int, device: str) -> dict[str, float]:
     datamodule.setup("fit")
     images = datamodule.dataset.tensors[0]
     per_iteration = cfg.train.n_critic * cfg.data.batch_size
-    stamps: list[float] = []
+    clock = Clock(device)
     order = torch.randperm(len(images))
     position = 0
     for iteration in range(1, cfg.train.iterations + 1):
@@ -212,11 +233,8 @@ def run_plain(cfg: Any, warmup: int, device: str) -> dict[str, float]:
         real_all = images[order[position : position + per_iteration]].to(device, non_blocking=True)
         position += per_iteration
         gan.iteration(real_all, iteration)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
-    steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
-    return {"median_s": statistics.median(steps), "peak_mib": peak_memory(device)}
+        clock.tick()
+    return clock.result(warmup)
 
 
 def run_lightning(cfg: Any, warmup: int, device: str) -> dict[str, float]:
@@ -226,12 +244,10 @@ def run_lightning(cfg: Any, warmup: int, device: str) -> dict[str, float]:
     callbacks but the timer: what Lightning's per-batch machinery costs by itself.
     """
     import lightning as L
-    import torch
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import Callback
 
     gan = PlainGAN(cfg, device)
-    stamps: list[float] = []
+    clock = Clock(device)
 
     class Minimal(L.LightningModule):
         def __init__(self) -> None:
@@ -248,13 +264,6 @@ def run_lightning(cfg: Any, warmup: int, device: str) -> dict[str, float]:
             self.count += 1
             gan.iteration(batch[0], self.count, self.manual_backward, opt_g, opt_d)
 
-    class Stamp(Callback):
-        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            stamps.append(time.perf_counter())
-            trainer.should_stop = len(stamps) >= cfg.train.iterations
-
     trainer = L.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
@@ -267,11 +276,10 @@ def run_lightning(cfg: Any, warmup: int, device: str) -> dict[str, float]:
         max_epochs=-1,
         max_steps=-1,
         use_distributed_sampler=False,
-        callbacks=[Stamp()],
+        callbacks=[clock.callback(stop_after=cfg.train.iterations)],
     )
     trainer.fit(Minimal(), datamodule=instantiate(cfg.data))
-    steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
-    return {"median_s": statistics.median(steps), "peak_mib": peak_memory(device)}
+    return clock.result(warmup)
 
 
 def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:

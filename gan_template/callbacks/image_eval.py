@@ -91,7 +91,8 @@ class ImageQualityEvaluation(EveryNIterations):
             images, labels = datamodule.real_samples(len(datamodule.dataset), seed=0)
             # Keyed by the data itself, not only its name: two image folders of the
             # same size must not share a classifier.
-            name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_{data_fingerprint(images, labels)}_v1.pt"
+            fingerprint = data_fingerprint(images, labels)
+            name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_{fingerprint}_v1.pt"
             classifier, accuracy = load_or_train_classifier(
                 self.cache_dir / name, images, labels, datamodule.num_classes
             )

@@ -20,9 +20,10 @@ class IterationProgressBar(TQDMProgressBar):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        self.train_progress_bar.reset(total=getattr(pl_module, "max_iterations", None))
-        self.train_progress_bar.initial = as_gan_module(pl_module).iteration
-        self.train_progress_bar.n = as_gan_module(pl_module).iteration
+        module = as_gan_module(pl_module)
+        self.train_progress_bar.reset(total=module.max_iterations)
+        self.train_progress_bar.initial = module.iteration
+        self.train_progress_bar.n = module.iteration
         self.train_progress_bar.set_description("Iterations")
 
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
@@ -37,8 +38,9 @@ class IterationProgressBar(TQDMProgressBar):
         batch_idx: int,
     ) -> None:
         bar = self.train_progress_bar
-        if self._should_update(as_gan_module(pl_module).iteration, bar.total) and not bar.disable:
-            bar.n = as_gan_module(pl_module).iteration
+        iteration = as_gan_module(pl_module).iteration
+        if self._should_update(iteration, bar.total) and not bar.disable:
+            bar.n = iteration
             bar.set_postfix(self.get_metrics(trainer, pl_module))
             bar.refresh()
 
