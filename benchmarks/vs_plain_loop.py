@@ -12,14 +12,26 @@ fresh real batches, one G update reusing the last fake batch, requires_grad
 toggling, the generator EMA; and nothing else (no skip checks, no gradient
 norms, no logging).
 
-Two more rows split the difference. "unchecked" is (A) with the skip rule's
-checks off (``skip.check_losses=false skip.check_gradients=false``): its
-distance to (A) is what the safety checks cost. "lightning" is (B)'s
-iteration run as the ``training_step`` of a minimal LightningModule under the
-same Trainer settings and data module (manual_backward, Lightning's optimizer
-wrappers, no logger, no callbacks): its distance to (B) is what Lightning's
-per-batch machinery costs by itself, and the rest of (A)'s is the template's. ``--overrides`` adds Hydra overrides to every
-run (for example ``optim.generator.foreach=true``).
+Three more rows split the difference, from (B) up to (A):
+
+- "loop": (B)'s iteration, with torch's own ``backward()`` and optimizers, as
+  the ``training_step`` of a minimal LightningModule under the same Trainer
+  settings and data module (no logger, no callbacks but the timer): its
+  distance to (B) is Lightning's batch loop (data fetching, hooks, progress
+  bookkeeping). Valid where no gradient scaler is needed (not 16-mixed).
+- "lightning": the same with ``manual_backward`` and Lightning's optimizer
+  wrappers, as a manual-optimization module must use them (precision plugins,
+  strategies): its distance to "loop" is what those wrappers and the hooks
+  they call cost.
+- "unchecked": (A) with the skip rule's checks off
+  (``skip.check_losses=false skip.check_gradients=false``): its distance to (A)
+  is what the safety checks cost; its distance to "lightning" the template's
+  other work (metrics, EMA, counters, logging).
+
+``--overrides`` adds Hydra overrides to every run (for example
+``optim.generator.foreach=true``). ``--profile KIND`` runs one kind under
+cProfile and lists the Lightning and template functions called on every
+iteration, with their time per iteration: the profile behind the rows.
 
 Each run is a fresh subprocess, so peak memory is its own; the kinds alternate
 ``--repeats`` times. With ``--in-process`` all runs share this one process:
@@ -41,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-KINDS = ("template", "unchecked", "lightning", "plain")
+KINDS = ("template", "unchecked", "lightning", "loop", "plain")
 
 RECIPES = {
     "toy": ["experiment=ring", "data.batch_size=256"],
@@ -237,11 +249,13 @@ def run_plain(cfg: Any, warmup: int, device: str) -> dict[str, float]:
     return clock.result(warmup)
 
 
-def run_lightning(cfg: Any, warmup: int, device: str) -> dict[str, float]:
+def run_lightning(cfg: Any, warmup: int, device: str, wrappers: bool = True) -> dict[str, float]:
     """The plain loop's iteration as the training_step of a minimal LightningModule.
 
     Same Trainer settings and data module as the template, no logger and no
-    callbacks but the timer: what Lightning's per-batch machinery costs by itself.
+    callbacks but the timer: what Lightning's per-batch machinery costs by
+    itself. ``wrappers``: backward through ``manual_backward`` and steps through
+    Lightning's optimizer wrappers (else torch's own, the "loop" kind).
     """
     import lightning as L
     from hydra.utils import instantiate
@@ -260,8 +274,11 @@ def run_lightning(cfg: Any, warmup: int, device: str) -> dict[str, float]:
             return [gan.opt_g, gan.opt_d]
 
         def training_step(self, batch: Any, batch_idx: int) -> None:
-            opt_g, opt_d = self.optimizers()  # type: ignore[misc]
             self.count += 1
+            if not wrappers:
+                gan.iteration(batch[0], self.count)
+                return
+            opt_g, opt_d = self.optimizers()  # type: ignore[misc]
             gan.iteration(batch[0], self.count, self.manual_backward, opt_g, opt_d)
 
     trainer = L.Trainer(
@@ -299,8 +316,57 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
     run_dir = Path(tempfile.mkdtemp(prefix="vs_plain_"))
     extra = [*args.overrides, *(UNCHECKED if kind == "unchecked" else [])]
     cfg = compose(args.recipe, args.device, args.precision, args.iterations, run_dir, extra)
-    runner = {"plain": run_plain, "lightning": run_lightning}.get(kind, run_template)
-    return runner(cfg, args.warmup, args.device)
+    if kind == "plain":
+        return run_plain(cfg, args.warmup, args.device)
+    if kind in ("lightning", "loop"):
+        return run_lightning(cfg, args.warmup, args.device, wrappers=kind == "lightning")
+    return run_template(cfg, args.warmup, args.device)
+
+
+def profile(kind: str, args: argparse.Namespace, top: int = 30) -> None:
+    """Run ``kind`` once under cProfile; list the per-iteration Lightning and template calls.
+
+    Shown: functions from ``lightning/``, ``gan_template/`` and this script
+    called at least once per iteration, by cumulative time per iteration (a
+    function's own time plus its callees', torch's included), and the time
+    Lightning's batch loop spends outside the module's ``training_step``.
+    cProfile slows Python code more than the kernels it calls, so these are
+    larger than the real costs: read them for where the time goes, and the
+    timed rows for how much.
+    """
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    measure(kind, args)
+    profiler.disable()
+    stats: dict[Any, Any] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    rows = []  # (cumulative s, own s, calls, short path, line, function)
+    for (path, line, function), (_, calls, own, cumulative, _) in stats.items():
+        path = path.replace("\\", "/")
+        for package in ("lightning/", "gan_template/", "vs_plain_loop"):
+            if package in path and calls >= args.iterations:
+                rows.append((cumulative, own, calls, path[path.index(package) :], line, function))
+                break
+    rows.sort(reverse=True)
+
+    def cumulative_of(path_end: str, function: str) -> float:
+        found = (r[0] for r in rows if r[3].endswith(path_end) and r[5] == function)
+        return next(found, 0.0)
+
+    per = 1e6 / args.iterations  # seconds in total -> microseconds per iteration
+    print(f"--profile {kind}: {args.iterations} iterations, microseconds per iteration")
+    print(f"{'cumulative':>11} {'own':>8} {'calls':>6}  function")
+    for cumulative, own, calls, path, line, function in rows[:top]:
+        print(f"{cumulative * per:>11.1f} {own * per:>8.1f} {calls / args.iterations:>6.1f}  "
+              f"{path}:{line}({function})")  # fmt: skip
+    batch = cumulative_of("loops/training_epoch_loop.py", "advance")  # one whole batch
+    step = cumulative_of("strategies/strategy.py", "training_step")  # the module's step
+    print(
+        f"Lightning's batch loop outside training_step: {(batch - step) * per:.0f} us "
+        f"of {batch * per:.0f} us per iteration (profiled)"
+    )
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -323,10 +389,17 @@ def main() -> None:
         action="store_true",
         help="run every kind in this one process (less noise between runs; no peak memory)",
     )
+    parser.add_argument(
+        "--profile",
+        choices=KINDS,
+        help="run this kind once under cProfile and list where its time goes",
+    )
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if args.profile:
+        return profile(args.profile, args)
 
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     for _ in range(args.repeats):
