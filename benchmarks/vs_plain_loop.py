@@ -8,9 +8,10 @@
 as ``python -m gan_template`` builds it (evaluation callbacks off, checkpoints
 off, logging every 50 iterations). (B) is a loop written here that makes the
 same updates on the same networks, data and batch size: n_critic D updates with
-fresh real batches, one G update reusing the last fake batch, requires_grad
-toggling, the generator EMA; and nothing else (no skip checks, no gradient
-norms, no logging).
+fresh real batches, one G update reusing the last fake batch with D frozen,
+the generator EMA; and nothing else (no skip checks, no gradient norms, no
+logging). ``tests/test_benchmarks.py`` checks that (B), fed (A)'s batches and
+random draws, ends at (A)'s weights.
 
 Three more rows split the difference, from (B) up to (A):
 
@@ -36,8 +37,9 @@ iteration, with their time per iteration: the profile behind the rows.
 Each run is a fresh subprocess, so peak memory is its own; the kinds alternate
 ``--repeats`` times. With ``--in-process`` all runs share this one process:
 far less noise between runs on a busy machine, but no peak memory per kind. Reported: median seconds per iteration (wall time between
-consecutive iterations after a warm-up, data loading included), the ratio A/B,
-and peak memory (resident set on CPU, max allocated on CUDA).
+consecutive iterations after a warm-up, data loading included), the real
+samples (images) consumed per second, the ratio A/B, and peak memory (resident
+set on CPU, max allocated on CUDA).
 """
 
 from __future__ import annotations
@@ -204,15 +206,12 @@ class PlainGAN:
             z = torch.randn(real.shape[0], self.module.latent_dim, device=real.device)
             with autocast, torch.set_grad_enabled(k == self.n_critic - 1):
                 fake = G(z)
-            D.requires_grad_(True)
-            G.requires_grad_(False)
-            with autocast:
+            with autocast:  # fake is detached: G is not in this graph, nothing to freeze
                 loss_d = F.softplus(-D(real)).mean() + F.softplus(D(fake.detach())).mean()
             opt_d.zero_grad(set_to_none=True)
             backward(loss_d)
             opt_d.step()
-        D.requires_grad_(False)
-        G.requires_grad_(True)
+        D.requires_grad_(False)  # no weight gradients for D in the generator's backward
         with autocast:
             loss_g = F.softplus(-D(fake)).mean()
         opt_g.zero_grad(set_to_none=True)
@@ -317,10 +316,13 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
     extra = [*args.overrides, *(UNCHECKED if kind == "unchecked" else [])]
     cfg = compose(args.recipe, args.device, args.precision, args.iterations, run_dir, extra)
     if kind == "plain":
-        return run_plain(cfg, args.warmup, args.device)
-    if kind in ("lightning", "loop"):
-        return run_lightning(cfg, args.warmup, args.device, wrappers=kind == "lightning")
-    return run_template(cfg, args.warmup, args.device)
+        result = run_plain(cfg, args.warmup, args.device)
+    elif kind in ("lightning", "loop"):
+        result = run_lightning(cfg, args.warmup, args.device, wrappers=kind == "lightning")
+    else:
+        result = run_template(cfg, args.warmup, args.device)
+    # Real samples (images, or points for the toy) consumed per iteration.
+    return {**result, "samples_per_iteration": cfg.train.n_critic * cfg.data.batch_size}
 
 
 def profile(kind: str, args: argparse.Namespace, top: int = 30) -> None:
@@ -425,13 +427,15 @@ def main() -> None:
         f"recipe={args.recipe} device={args.device} precision={args.precision} "
         f"repeats={args.repeats} overrides={args.overrides}"
     )
-    print(f"{'':<10} {'ms / iteration':>15} {'peak MiB':>10} {'time / plain':>13} {'memory / plain':>15}")  # fmt: skip
+    per_iteration = results["plain"][0]["samples_per_iteration"]
+    print(f"{'':<10} {'ms / iteration':>15} {'samples / s':>12} {'peak MiB':>10} {'time / plain':>13} {'memory / plain':>15}")  # fmt: skip
     for kind in KINDS:
         print(
-            f"{kind:<10} {1000 * median[kind]:>15.3f} {peak[kind]:>10.1f} "
-            f"{paired[kind]:>12.3f}x {peak[kind] / peak['plain']:>14.3f}x"
+            f"{kind:<10} {1000 * median[kind]:>15.3f} {per_iteration / median[kind]:>12.0f} "
+            f"{peak[kind]:>10.1f} {paired[kind]:>12.3f}x {peak[kind] / peak['plain']:>14.3f}x"
         )
     print("time / plain: median over repeats of (this run / the plain run next to it)")
+    print(f"samples / s: real samples (images, toy points) consumed, {per_iteration} per iteration")
 
 
 if __name__ == "__main__":

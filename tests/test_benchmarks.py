@@ -1,0 +1,135 @@
+"""The speed benchmark compares like with like, and its documented command runs.
+
+``benchmarks/vs_plain_loop.py`` times the template against a plain PyTorch loop
+written in the benchmark; the ratio means something only if that loop makes the
+template's updates. Here the plain loop is fed the template's batches and
+random streams from the template's starting weights, and must end where the
+template ended: generator, discriminator and EMA, to float tolerance.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from helpers import run
+from lightning.pytorch.callbacks import Callback
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TemplateInputs(Callback):
+    """The starting weights, and every batch with the random state it started from."""
+
+    def __init__(self) -> None:
+        self.initial: dict[str, torch.Tensor] = {}
+        self.batches: list[torch.Tensor] = []
+        self.rng_states: list[torch.Tensor] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.initial = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Callbacks' hooks run before the module's, and the module's draw nothing.
+        self.batches.append(batch[0].clone())
+        self.rng_states.append(torch.get_rng_state())
+
+
+def replay(gan: Any, inputs: TemplateInputs) -> dict[str, torch.Tensor]:
+    """Run the plain loop from the template's start on its batches; its final weights."""
+    gan.module.load_state_dict(inputs.initial)  # G, D and the EMA are its submodules
+    steps = zip(inputs.batches, inputs.rng_states, strict=True)
+    for iteration, (batch, rng_state) in enumerate(steps, start=1):
+        torch.set_rng_state(rng_state)  # the same latent draws
+        gan.iteration(batch, iteration)
+    return gan.module.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "extra"),
+    [
+        ("toy", []),
+        ("toy", ["train.n_critic=3"]),
+        ("dcgan32", ["data.batch_size=8"]),
+    ],
+    ids=["toy", "toy-n_critic-3", "dcgan32"],
+)
+def test_plain_loop_makes_the_templates_updates(
+    tmp_path: Path, recipe: str, extra: list[str]
+) -> None:
+    bench = load_benchmark("vs_plain_loop")
+    cfg = bench.compose(recipe, "cpu", "32-true", 4, tmp_path / "run", extra)
+    inputs = TemplateInputs()
+    template = run(cfg, inputs)["module"]
+    assert template.iteration == 4 and len(inputs.batches) == 4
+
+    plain = replay(bench.PlainGAN(cfg, "cpu"), inputs)
+    ended = template.state_dict()
+    assert ended.keys() == plain.keys()
+    assert any(not torch.equal(inputs.initial[k], ended[k]) for k in ended), "nothing trained"
+    for name in ended:
+        torch.testing.assert_close(plain[name], ended[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_plain_loop_differs_when_the_algorithm_does(tmp_path: Path) -> None:
+    """The comparison above can fail: one more critic update in the plain loop shows."""
+    bench = load_benchmark("vs_plain_loop")
+    cfg = bench.compose("toy", "cpu", "32-true", 2, tmp_path / "run", [])
+    inputs = TemplateInputs()
+    template = run(cfg, inputs)["module"]
+    gan = bench.PlainGAN(cfg, "cpu")
+    gan.n_critic = 2  # the batch split in two: not the template's algorithm
+    plain, ended = replay(gan, inputs), template.state_dict()
+    assert any(not torch.allclose(plain[k], ended[k]) for k in ended)
+
+
+def test_documented_command_runs_every_kind_and_the_profile(tmp_path: Path) -> None:
+    script = str(BENCHMARKS / "vs_plain_loop.py")
+    small = ["--recipe", "toy", "--iterations", "30", "--warmup", "5"]
+    table = subprocess.run(
+        [sys.executable, script, *small, "--repeats", "1", "--in-process"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert table.returncode == 0, table.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines() if line.strip()}
+    for kind in bench_kinds():
+        assert kind in rows, table.stdout
+        assert float(rows[kind][1]) > 0  # ms per iteration
+    assert rows["plain"][4] == "1.000x"
+
+    profiled = subprocess.run(
+        [sys.executable, script, *small, "--profile", "template"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert profiled.returncode == 0, profiled.stderr[-3000:]
+    assert "gan_template/module.py" in profiled.stdout
+    assert "training_step)" in profiled.stdout
+    assert "Lightning's batch loop outside training_step:" in profiled.stdout
+
+
+def bench_kinds() -> tuple[str, ...]:
+    return tuple(load_benchmark("vs_plain_loop").KINDS)
