@@ -36,10 +36,12 @@ iteration, with their time per iteration: the profile behind the rows.
 
 Each run is a fresh subprocess, so peak memory is its own; the kinds alternate
 ``--repeats`` times. With ``--in-process`` all runs share this one process:
-far less noise between runs on a busy machine, but no peak memory per kind. Reported: median seconds per iteration (wall time between
-consecutive iterations after a warm-up, data loading included), the real
-samples (images) consumed per second, the ratio A/B, and peak memory (resident
-set on CPU, max allocated on CUDA).
+far less noise between runs on a busy machine, but no peak memory per kind.
+
+Reported: median seconds per iteration (wall time between consecutive
+iterations after a warm-up, data loading included), the real samples (images)
+consumed per second, the ratio A/B, and peak memory (resident set on CPU, max
+allocated on CUDA).
 """
 
 from __future__ import annotations

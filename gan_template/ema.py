@@ -57,7 +57,7 @@ class GeneratorEMA(nn.Module):
         """Move the average towards ``generator`` after its ``updates``-th update."""
         weight = 1.0 - self.decay_at(updates)
         averaged: list[torch.Tensor] = list(self.module.parameters())
-        current = [p.detach() for p in generator.parameters()]
+        current: list[torch.Tensor] = list(generator.parameters())  # no_grad: no detach needed
         torch._foreach_lerp_(averaged, current, weight)
         # Buffers (BatchNorm statistics) are copied, not averaged, as in StyleGAN2.
         for mine, theirs in zip(self.module.buffers(), generator.buffers(), strict=False):
