@@ -1,6 +1,6 @@
 """What DDP and the cross-rank skip agreement cost per iteration, on this machine.
 
-    python benchmarks/ddp_cost.py [--iterations 400] [--repeats 3] [-- extra overrides]
+    python benchmarks/ddp_cost.py [--iterations 400] [--warmup 50] [--repeats 3] [-- extra overrides]
 
 Runs the toy ring recipe (batch 256 per process) as users run it, in four
 configurations, alternating them ``--repeats`` times, and prints the median
@@ -18,10 +18,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from child import run_child
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,14 +33,14 @@ CONFIGS = {
 }
 
 
-def time_run(overrides: list[str], iterations: int, run_dir: Path) -> float:
+def time_run(overrides: list[str], iterations: int, warmup: int, run_dir: Path) -> float:
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     command = [
         sys.executable, "-m", "gan_template", "experiment=ring", f"train.iterations={iterations}",
-        "trainer.enable_progress_bar=false", "~callbacks.toy_eval", "+callbacks.timer._target_=timing.IterationTimer", "extra_target_prefixes=[timing.]",
+        "trainer.enable_progress_bar=false", "~callbacks.toy_eval", "+callbacks.timer._target_=timing.IterationTimer", f"+callbacks.timer.warmup={warmup}", "extra_target_prefixes=[timing.]",
         "callbacks.checkpoint.every_n_iterations=0", f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    run_child(command, env)
     return json.loads((run_dir / "timing_rank0.json").read_text())["median_s"]
 
 
@@ -48,16 +49,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=50, help="iterations not timed")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.iterations <= args.warmup:
+        parser.error(f"--iterations {args.iterations} must exceed --warmup {args.warmup}")
     root = Path(tempfile.mkdtemp(prefix="ddp_cost_"))
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for repeat in range(args.repeats):
         for name, overrides in CONFIGS.items():  # alternate configurations
             slug = "".join(c if c.isalnum() else "_" for c in name)
             run_dir = root / f"{slug}_{repeat}"
-            times[name].append(time_run([*overrides, *args.overrides], args.iterations, run_dir))
+            times[name].append(
+                time_run([*overrides, *args.overrides], args.iterations, args.warmup, run_dir)
+            )
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"{'configuration':<34} {'ms / iteration':>15}")
     for name, value in medians.items():

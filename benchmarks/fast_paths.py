@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from child import run_child
 from vs_plain_loop import RECIPES
 
 BOTH_ADAMS = ("optim.generator.{0}=true", "optim.discriminator.{0}=true")
@@ -63,7 +63,7 @@ def measure(args: argparse.Namespace, overrides: list[str]) -> float:
         "--overrides",
         *overrides,
     ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    output = run_child(command)
     return json.loads(output.strip().splitlines()[-1])["median_s"]
 
 
@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="measure only these switches (names as listed)")
     args = parser.parse_args()
+    if args.iterations < args.warmup + 2:
+        parser.error(f"--iterations {args.iterations} must be at least --warmup + 2")
 
     baseline: list[str] = []
     switches = dict(SWITCHES) | (CUDA_ONLY if args.device == "cuda" else {})

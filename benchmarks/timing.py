@@ -39,6 +39,11 @@ class IterationTimer(Callback):
             self.durations.append(time.perf_counter() - self._start)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.durations:
+            raise ValueError(
+                f"{self._batches} iterations ran, none timed after a warm-up of {self.warmup}: "
+                "raise train.iterations (or lower callbacks.timer.warmup)"
+            )
         report = {
             "median_s": statistics.median(self.durations),
             "mean_s": statistics.fmean(self.durations),

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from child import run_child
 
 # Lin et al. (2018), PacGAN, tables 2 and 3: mean over 10 runs of (modes, % high quality, reverse KL).
 PUBLISHED = {
@@ -31,7 +32,7 @@ def run_one(experiment: str, seed: int, overrides: list[str], root: Path) -> dic
         "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    run_child(command)
     result = json.loads((run_dir / "toy_metrics.json").read_text())
     result["seconds"] = time.perf_counter() - start
     return result

@@ -51,11 +51,12 @@ import itertools
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from child import run_child
 
 KINDS = ("template", "unchecked", "lightning", "loop", "plain")
 
@@ -143,6 +144,11 @@ class Clock:
 
     def result(self, warmup: int) -> dict[str, float]:
         steps = [b - a for a, b in itertools.pairwise(self.stamps[warmup:])]
+        if not steps:
+            raise ValueError(
+                f"{len(self.stamps)} iterations ran, none timed after a warm-up of {warmup}: "
+                "raise --iterations above --warmup + 1"
+            )
         return {"median_s": statistics.median(steps), "peak_mib": peak_memory(self.device)}
 
 
@@ -400,6 +406,8 @@ def main() -> None:
     )
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.iterations < args.warmup + 2:
+        parser.error(f"--iterations {args.iterations} must be at least --warmup + 2")
     if args.worker:
         return worker(args)
     if args.profile:
@@ -412,7 +420,7 @@ def main() -> None:
                 results[kind].append({**measure(kind, args), "peak_mib": float("nan")})
                 continue
             command = [sys.executable, __file__, "--worker", kind, *sys.argv[1:]]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            output = run_child(command)
             results[kind].append(json.loads(output.strip().splitlines()[-1]))
     median = {k: statistics.median(r["median_s"] for r in v) for k, v in results.items()}
     # Ratios of runs made side by side, then their median: robust to the

@@ -10,6 +10,7 @@ template ended: generator, discriminator and EMA, to float tolerance.
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def load_benchmark(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` (a folder of scripts, not a package)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # as when run as a script: they import each other
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -101,35 +104,47 @@ def test_plain_loop_differs_when_the_algorithm_does(tmp_path: Path) -> None:
     assert any(not torch.allclose(plain[k], ended[k]) for k in ended)
 
 
+def benchmark(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script>.py`` as its README says, from an unrelated folder."""
+    command = [sys.executable, str(BENCHMARKS / f"{script}.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+
+
 def test_documented_command_runs_every_kind_and_the_profile(tmp_path: Path) -> None:
-    script = str(BENCHMARKS / "vs_plain_loop.py")
     small = ["--recipe", "toy", "--iterations", "30", "--warmup", "5"]
-    table = subprocess.run(
-        [sys.executable, script, *small, "--repeats", "1", "--in-process"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    table = benchmark(tmp_path, "vs_plain_loop", *small, "--repeats", "1", "--in-process")
     assert table.returncode == 0, table.stderr[-3000:]
     rows = {line.split()[0]: line.split() for line in table.stdout.splitlines() if line.strip()}
-    for kind in bench_kinds():
+    for kind in load_benchmark("vs_plain_loop").KINDS:
         assert kind in rows, table.stdout
         assert float(rows[kind][1]) > 0  # ms per iteration
     assert rows["plain"][4] == "1.000x"
 
-    profiled = subprocess.run(
-        [sys.executable, script, *small, "--profile", "template"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    profiled = benchmark(tmp_path, "vs_plain_loop", *small, "--profile", "template")
     assert profiled.returncode == 0, profiled.stderr[-3000:]
     assert "gan_template/module.py" in profiled.stdout
     assert "training_step)" in profiled.stdout
     assert "Lightning's batch loop outside training_step:" in profiled.stdout
 
 
-def bench_kinds() -> tuple[str, ...]:
-    return tuple(load_benchmark("vs_plain_loop").KINDS)
+SMALL = ["--iterations", "10", "--warmup", "2", "--repeats", "1"]
+
+
+def test_fast_paths_runs(tmp_path: Path) -> None:
+    fast = benchmark(tmp_path, "fast_paths", "--recipe", "toy", *SMALL, "--only", "fused Adam")
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    assert re.search(r"^fused Adam .* \d+\.\d+x ", fast.stdout, re.MULTILINE), fast.stdout
+
+
+@pytest.mark.ddp
+def test_ddp_cost_runs(tmp_path: Path) -> None:
+    ddp = benchmark(tmp_path, "ddp_cost", *SMALL)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "skip agreement (with / without):" in ddp.stdout
+
+
+@pytest.mark.parametrize("script", ["vs_plain_loop", "fast_paths", "ddp_cost"])
+def test_too_few_iterations_to_time_is_refused(tmp_path: Path, script: str) -> None:
+    refused = benchmark(tmp_path, script, "--iterations", "10", "--warmup", "10")
+    assert refused.returncode == 2
+    assert "--iterations 10 must" in refused.stderr and "--warmup" in refused.stderr
