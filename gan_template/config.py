@@ -53,6 +53,8 @@ class EMAConfig:
     """Final decay per generator update, in [0, 1)."""
     rampup: float | None = 0.05
     """StyleGAN2 ramp: the average spans at most rampup * iterations updates; null disables it."""
+    batch_norm_samples: int = 2048
+    """Samples that re-estimate the EMA generator's BatchNorm statistics before sampling; 0: off."""
 
 
 @dataclass
@@ -135,6 +137,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.train.n_critic >= 1, "train.n_critic", "must be >= 1")
     need(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
     need(cfg.ema.rampup is None or cfg.ema.rampup > 0, "ema.rampup", "must be > 0 or null")
+    need(cfg.ema.batch_norm_samples >= 0, "ema.batch_norm_samples", "must be >= 0 (0: off)")
     need(cfg.loss.name in LOSSES, "loss.name", f"must be one of {sorted(LOSSES)}")
     penalties = ["none", *sorted(PENALTIES)]
     need(cfg.penalty.name in penalties, "penalty.name", f"must be one of {penalties}")

@@ -8,6 +8,14 @@ update count to its averaging function as a device tensor, so a ramped decay
 would need a host sync or extra kernels per step; Lightning's
 ``EMAWeightAveraging`` (2.6) averages the generator *and* the discriminator and
 keys its schedule on ``global_step`` parity, which is wrong for a GAN.
+
+BatchNorm: the running statistics a generator collects describe *its* weights'
+activations, not those of their average. Sampling the EMA generator in eval
+mode with the raw generator's statistics puts samples between the modes (toy
+grid, seed 0: 47 % high-quality samples; 62 % with statistics of its own), so
+samples come from a copy whose statistics are re-estimated from its own
+forward passes (:func:`recompute_batch_norm`), as SWA does for averaged
+weights.
 """
 
 from __future__ import annotations
@@ -16,6 +24,57 @@ import copy
 
 import torch
 from torch import nn
+
+from gan_template import nets
+
+
+def batch_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``net`` that keep running statistics."""
+    return [
+        m
+        for m in net.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
+@torch.no_grad()
+def recompute_batch_norm(
+    generator: nn.Module, num_samples: int = 2048, batch_size: int = 256, seed: int = 0
+) -> None:
+    """Re-estimate ``generator``'s BatchNorm running statistics from its own outputs.
+
+    Runs ``num_samples`` noise vectors (and uniform labels for a conditional
+    generator) through it in train mode, averaging the statistics of all
+    batches equally, from a private seeded RNG (the training's random stream is
+    untouched, and the result depends on the weights only). The train/eval mode
+    is restored. ``torch.optim.swa_utils.update_bn`` does the same from a data
+    loader but passes a single input, so it cannot feed a conditional
+    generator its labels.
+    """
+    norms = batch_norms(generator)
+    if not norms or num_samples <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    was_training = generator.training
+    generator.train()
+    device = next(generator.parameters()).device
+    rng = torch.Generator().manual_seed(seed)
+    latent, classes = nets.latent_dim(generator), nets.num_classes(generator)
+    try:
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            z = torch.randn(n, latent, generator=rng).to(device)
+            if classes:
+                generator(z, torch.randint(classes, (n,), generator=rng).to(device))
+            else:
+                generator(z)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        generator.train(was_training)
 
 
 class GeneratorEMA(nn.Module):
@@ -29,18 +88,28 @@ class GeneratorEMA(nn.Module):
         generator: the network to average (copied; the original is not touched).
         decay: the final per-update decay, in [0, 1).
         rampup: horizon growth per update (StyleGAN2 uses 0.05); None disables the ramp.
+        batch_norm_samples: generated samples that re-estimate the BatchNorm
+            statistics of the copy :meth:`for_sampling` returns; 0 samples with
+            the raw generator's statistics (copied at every update).
     """
 
     def __init__(
-        self, generator: nn.Module, decay: float = 0.999, rampup: float | None = 0.05
+        self,
+        generator: nn.Module,
+        decay: float = 0.999,
+        rampup: float | None = 0.05,
+        batch_norm_samples: int = 2048,
     ) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema.decay={decay} must be in [0, 1)")
         if rampup is not None and rampup <= 0:
             raise ValueError(f"ema.rampup={rampup} must be > 0 (or null to disable the ramp)")
+        if batch_norm_samples < 0:
+            raise ValueError(f"ema.batch_norm_samples={batch_norm_samples} must be >= 0")
         self.decay = decay
         self.rampup = rampup
+        self.batch_norm_samples = batch_norm_samples
         # Left in train mode like the rest of the module (Lightning warns about
         # eval-mode modules at fit start); samplers switch it to eval themselves.
         self.module = copy.deepcopy(generator).requires_grad_(False)
@@ -62,6 +131,19 @@ class GeneratorEMA(nn.Module):
         # Buffers (BatchNorm statistics) are copied, not averaged, as in StyleGAN2.
         for mine, theirs in zip(self.module.buffers(), generator.buffers(), strict=False):
             mine.copy_(theirs)
+
+    def for_sampling(self) -> nn.Module:
+        """The averaged generator to sample from: a copy with BatchNorm statistics of its own.
+
+        Without BatchNorm layers (or with ``batch_norm_samples=0``) this is the
+        averaged module itself. The copy is made on every call (call it once per
+        evaluation), so sampling never changes the training state or checkpoints.
+        """
+        if not self.batch_norm_samples or not batch_norms(self.module):
+            return self.module
+        sampler = copy.deepcopy(self.module)
+        recompute_batch_norm(sampler, self.batch_norm_samples)
+        return sampler
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         return self.module(*args)

@@ -85,6 +85,8 @@ class GANModule(L.LightningModule):
         gradient_clip_norm: clip each update's gradient norm (unscaled units) to this; None: off.
         ema_decay: generator EMA decay in [0, 1); None disables the EMA.
         ema_rampup: EMA horizon ramp (StyleGAN2: 0.05); None disables the ramp.
+        ema_batch_norm_samples: samples that re-estimate the EMA generator's
+            BatchNorm statistics before sampling (see ``ema.py``); 0 disables.
         max_iterations: stop after this many generator updates; None: Lightning decides.
         compile_networks: ``torch.compile`` the generator and discriminator (the
             networks, not ``training_step``: compiling a step that toggles
@@ -111,6 +113,7 @@ class GANModule(L.LightningModule):
         gradient_clip_norm: float | None = None,
         ema_decay: float | None = 0.999,
         ema_rampup: float | None = 0.05,
+        ema_batch_norm_samples: int = 2048,
         max_iterations: int | None = None,
         compile_networks: bool = False,
         channels_last: bool = False,
@@ -125,7 +128,9 @@ class GANModule(L.LightningModule):
         self.latent_dim = nets.latent_dim(generator)
         self.num_classes = nets.num_classes(generator)
         self.generator_ema = (
-            GeneratorEMA(generator, ema_decay, ema_rampup) if ema_decay is not None else None
+            GeneratorEMA(generator, ema_decay, ema_rampup, ema_batch_norm_samples)
+            if ema_decay is not None
+            else None
         )
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
@@ -458,8 +463,14 @@ class GANModule(L.LightningModule):
 
     @property
     def sampling_generator(self) -> nn.Module:
-        """The network samples and metrics use: the EMA generator where there is one."""
-        return self.generator_ema.module if self.generator_ema is not None else self.generator
+        """The network samples and metrics use: the EMA generator where there is one.
+
+        With BatchNorm layers that is a fresh copy with statistics of its own
+        (``GeneratorEMA.for_sampling``): read it once per evaluation.
+        """
+        if self.generator_ema is None:
+            return self.generator
+        return self.generator_ema.for_sampling()
 
 
 def as_gan_module(pl_module: L.LightningModule) -> GANModule:

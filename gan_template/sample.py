@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gan_template import nets
+from gan_template.ema import recompute_batch_norm
 from gan_template.train import build_network
 
 USAGE = "usage: python -m gan_template.sample ckpt=PATH n=2500 out=FILE.pt [seed=0] [device=cpu] [ema=true]"
@@ -55,7 +56,11 @@ def load_generator(
     generator.load_state_dict(
         {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     )
-    return generator.to(device).eval(), cfg
+    generator.to(device)
+    if prefix.startswith("generator_ema."):
+        # As in training's evaluations: BatchNorm statistics of the averaged weights.
+        recompute_batch_norm(generator, int(cfg.ema.get("batch_norm_samples", 2048)))
+    return generator.eval(), cfg
 
 
 def sample(generator: nn.Module, n: int, seed: int = 0, batch_size: int = 1024) -> torch.Tensor:

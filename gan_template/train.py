@@ -71,6 +71,7 @@ def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
         gradient_clip_norm=optim.gradient_clip_norm,
         ema_decay=cfg.ema.decay if cfg.ema.enabled else None,
         ema_rampup=cfg.ema.rampup,
+        ema_batch_norm_samples=cfg.ema.batch_norm_samples,
         max_iterations=cfg.train.iterations,
         compile_networks=cfg.train.compile,
         channels_last=cfg.train.channels_last,

@@ -24,6 +24,7 @@ CASES = [
     (["train.iterations=0"], 2, "train.iterations=0: must be >= 1"),
     (["optim.generator.lr=-0.1"], 2, "optim.generator.lr=-0.1: must be > 0"),
     (["ema.decay=1.0"], 2, "ema.decay=1.0: must be in [0, 1)"),
+    (["ema.batch_norm_samples=-1"], 2, "ema.batch_norm_samples=-1: must be >= 0 (0: off)"),
     (["loss.name=wgan"], 2, "loss.name='wgan': must be one of ['hinge', 'least_squares'"),
     (
         ["penalty.name=gp"],

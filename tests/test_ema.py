@@ -9,7 +9,7 @@ import torch
 from helpers import run
 from torch import nn
 
-from gan_template.ema import GeneratorEMA
+from gan_template.ema import GeneratorEMA, recompute_batch_norm
 
 
 def test_update_is_a_lerp_with_the_ramped_decay() -> None:
@@ -35,6 +35,77 @@ def test_buffers_are_copied_not_averaged() -> None:
     net.train()(torch.randn(16, 3) * 5 + 2)
     ema.update(net, updates=1000)
     assert torch.equal(ema.module.running_mean, net.running_mean)
+
+
+class BatchNormGenerator(nn.Module):
+    """Noise -> Linear -> BatchNorm -> ReLU -> Linear; class-conditional when ``num_classes``."""
+
+    def __init__(self, num_classes: int = 0) -> None:
+        super().__init__()
+        self.latent_dim, self.sample_shape, self.num_classes = 4, (2,), num_classes
+        self.embed = nn.Embedding(max(num_classes, 1), 4)
+        self.inner = nn.Linear(4, 8)
+        self.norm = nn.BatchNorm1d(8)
+        self.out = nn.Linear(8, 2)
+        self.labels_seen: list[torch.Tensor] = []
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is not None:
+            self.labels_seen.append(labels)
+            z = z + self.embed(labels)
+        return self.out(torch.relu(self.norm(self.inner(z))))
+
+
+def moved_away(net: BatchNormGenerator) -> None:
+    """New weights, and running statistics collected with them on shifted inputs."""
+    with torch.no_grad():
+        net.inner.weight.mul_(3.0).add_(1.0)
+        net.inner.bias.add_(2.0)
+    for _ in range(20):
+        net.train()(torch.randn(64, 4) + 3.0)
+
+
+def test_sampling_copy_has_batch_norm_statistics_of_the_averaged_weights() -> None:
+    net = BatchNormGenerator()
+    ema = GeneratorEMA(net, decay=0.5, rampup=None, batch_norm_samples=8192)
+    moved_away(net)
+    ema.update(net, updates=1)  # weights: halfway; statistics: the raw network's
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    rng_before = torch.get_rng_state()
+
+    sampler = ema.for_sampling()
+
+    with torch.no_grad():  # the averaged weights' own pre-BatchNorm activations on noise
+        own = ema.module.inner(torch.randn(200_000, 4, generator=torch.Generator().manual_seed(9)))
+    assert sampler is not ema.module
+    torch.testing.assert_close(sampler.norm.running_mean, own.mean(0), atol=0.05, rtol=0.0)
+    torch.testing.assert_close(sampler.norm.running_var, own.var(0), atol=0.0, rtol=0.05)
+    # What sampling used before: the raw network's statistics, far from the average's.
+    assert (ema.module.norm.running_mean - own.mean(0)).abs().max() > 0.5
+    # The training state, checkpoints and random stream are untouched.
+    assert all(torch.equal(v, before[k]) for k, v in ema.module.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert sampler.norm.momentum == ema.module.norm.momentum  # restored after the estimate
+    # A pure function of the weights: the same statistics every time.
+    assert torch.equal(ema.for_sampling().norm.running_var, sampler.norm.running_var)
+
+
+def test_conditional_generator_gets_uniform_labels_for_its_statistics() -> None:
+    net = BatchNormGenerator(num_classes=3)
+    recompute_batch_norm(net, num_samples=600, batch_size=256)
+    labels = torch.cat(net.labels_seen)
+    assert [len(batch) for batch in net.labels_seen] == [256, 256, 88]
+    assert set(labels.tolist()) == {0, 1, 2}
+    assert net.training  # mode restored
+
+
+def test_without_batch_norm_or_when_off_sampling_uses_the_average_itself() -> None:
+    plain = GeneratorEMA(nn.Linear(2, 2))
+    assert plain.for_sampling() is plain.module
+    off = GeneratorEMA(BatchNormGenerator(), batch_norm_samples=0)
+    assert off.for_sampling() is off.module
+    with pytest.raises(ValueError, match=r"ema\.batch_norm_samples=-1 must be >= 0"):
+        GeneratorEMA(BatchNormGenerator(), batch_norm_samples=-1)
 
 
 @pytest.mark.parametrize("decay", [1.0, -0.1])
