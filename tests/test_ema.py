@@ -136,3 +136,26 @@ def test_ema_can_be_switched_off(make_config) -> None:
         "state_dict"
     ]
     assert not any(k.startswith("generator_ema") for k in saved)
+
+
+def test_sampling_from_a_checkpoint_uses_the_statistics_training_sampled_with(
+    make_config,
+) -> None:
+    """``python -m gan_template.sample`` and the training's evaluations sample alike."""
+    from gan_template.sample import load_generator
+
+    cfg = make_config("experiment=dcgan", "train.iterations=4", "ema.batch_norm_samples=512")
+    cfg.callbacks.image_eval = None
+    module = run(cfg)["module"]
+    path = Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"
+    loaded, _ = load_generator(path)
+    in_training = module.sampling_generator.state_dict()
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    norm_stats = [k for k in in_training if k.endswith(("running_mean", "running_var"))]
+    assert norm_stats
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, in_training[key], msg=key)
+    # ... which are not the raw generator's statistics the checkpoint holds.
+    assert any(
+        not torch.allclose(in_training[k], saved[f"generator_ema.module.{k}"]) for k in norm_stats
+    )
