@@ -66,6 +66,7 @@ def moved_away(net: BatchNormGenerator) -> None:
 
 
 def test_sampling_copy_has_batch_norm_statistics_of_the_averaged_weights() -> None:
+    torch.manual_seed(0)
     net = BatchNormGenerator()
     ema = GeneratorEMA(net, decay=0.5, rampup=None, batch_norm_samples=8192)
     moved_away(net)
@@ -78,10 +79,12 @@ def test_sampling_copy_has_batch_norm_statistics_of_the_averaged_weights() -> No
     with torch.no_grad():  # the averaged weights' own pre-BatchNorm activations on noise
         own = ema.module.inner(torch.randn(200_000, 4, generator=torch.Generator().manual_seed(9)))
     assert sampler is not ema.module
-    torch.testing.assert_close(sampler.norm.running_mean, own.mean(0), atol=0.05, rtol=0.0)
-    torch.testing.assert_close(sampler.norm.running_var, own.var(0), atol=0.0, rtol=0.05)
+    # An estimate from 8192 samples: within 5 standard errors of the truth.
+    error_of_mean = own.std(0) / 8192**0.5
+    assert ((sampler.norm.running_mean - own.mean(0)).abs() < 5 * error_of_mean).all()
+    torch.testing.assert_close(sampler.norm.running_var, own.var(0), atol=0.0, rtol=0.08)
     # What sampling used before: the raw network's statistics, far from the average's.
-    assert (ema.module.norm.running_mean - own.mean(0)).abs().max() > 0.5
+    assert ((ema.module.norm.running_mean - own.mean(0)).abs() > 20 * error_of_mean).any()
     # The training state, checkpoints and random stream are untouched.
     assert all(torch.equal(v, before[k]) for k, v in ema.module.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng_before)
