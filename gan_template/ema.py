@@ -12,10 +12,10 @@ keys its schedule on ``global_step`` parity, which is wrong for a GAN.
 BatchNorm: the running statistics a generator collects describe *its* weights'
 activations, not those of their average. Sampling the EMA generator in eval
 mode with the raw generator's statistics puts samples between the modes (toy
-grid, seed 0: 47 % high-quality samples; 62 % with statistics of its own), so
-samples come from a copy whose statistics are re-estimated from its own
-forward passes (:func:`recompute_batch_norm`), as SWA does for averaged
-weights.
+grid, seed 0: 47 % high-quality samples; 75 % with statistics of its own from
+16,384 samples), so samples come from a copy whose statistics are re-estimated
+from its own forward passes (:func:`recompute_batch_norm`), as SWA does for
+averaged weights.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ class GeneratorEMA(nn.Module):
         averaged: list[torch.Tensor] = list(self.module.parameters())
         current: list[torch.Tensor] = list(generator.parameters())  # no_grad: no detach needed
         torch._foreach_lerp_(averaged, current, weight)
-        # Buffers (BatchNorm statistics) are copied, not averaged, as in StyleGAN2.
+        # Buffers are copied, not averaged, as in StyleGAN2 (BatchNorm statistics
+        # are then re-estimated for sampling: for_sampling).
         for mine, theirs in zip(self.module.buffers(), generator.buffers(), strict=False):
             mine.copy_(theirs)
 
