@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from child import run_child
-from vs_plain_loop import RECIPES
+from vs_plain_loop import RECIPES, refuse_untimeable
 
 BOTH_ADAMS = ("optim.generator.{0}=true", "optim.discriminator.{0}=true")
 
@@ -79,8 +79,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="measure only these switches (names as listed)")
     args = parser.parse_args()
-    if args.iterations < args.warmup + 2:
-        parser.error(f"--iterations {args.iterations} must be at least --warmup + 2")
+    refuse_untimeable(parser, args)  # its runs are vs_plain_loop's, timed by its Clock
 
     baseline: list[str] = []
     switches = dict(SWITCHES) | (CUDA_ONLY if args.device == "cuda" else {})

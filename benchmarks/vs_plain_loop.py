@@ -379,6 +379,12 @@ def profile(kind: str, args: argparse.Namespace, top: int = 30) -> None:
     )
 
 
+def refuse_untimeable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error unless two iterations end after the warm-up (one interval)."""
+    if args.iterations < args.warmup + 2:
+        parser.error(f"--iterations {args.iterations} must be at least --warmup + 2")
+
+
 def worker(args: argparse.Namespace) -> None:
     print(json.dumps(measure(args.worker, args)))
 
@@ -406,8 +412,7 @@ def main() -> None:
     )
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.iterations < args.warmup + 2:
-        parser.error(f"--iterations {args.iterations} must be at least --warmup + 2")
+    refuse_untimeable(parser, args)
     if args.worker:
         return worker(args)
     if args.profile:

@@ -21,6 +21,7 @@ averaged weights.
 from __future__ import annotations
 
 import copy
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -113,6 +114,10 @@ class GeneratorEMA(nn.Module):
         # Left in train mode like the rest of the module (Lightning warns about
         # eval-mode modules at fit start); samplers switch it to eval themselves.
         self.module = copy.deepcopy(generator).requires_grad_(False)
+        # for_sampling's copy, kept until the average changes. A plain dict, so
+        # the copy is no submodule: not in checkpoints, not moved with the module.
+        self._sampler: dict[tuple[torch.device, torch.dtype], nn.Module] = {}
+        self.register_load_state_dict_post_hook(GeneratorEMA._forget_sampler)
 
     def decay_at(self, updates: int) -> float:
         """Decay applied after the generator update with 1-based index ``updates``."""
@@ -132,19 +137,31 @@ class GeneratorEMA(nn.Module):
         # are then re-estimated for sampling: for_sampling).
         for mine, theirs in zip(self.module.buffers(), generator.buffers(), strict=False):
             mine.copy_(theirs)
+        self._sampler.clear()
 
     def for_sampling(self) -> nn.Module:
         """The averaged generator to sample from: a copy with BatchNorm statistics of its own.
 
         Without BatchNorm layers (or with ``batch_norm_samples=0``) this is the
-        averaged module itself. The copy is made on every call (call it once per
-        evaluation), so sampling never changes the training state or checkpoints.
+        averaged module itself. The copy never changes the training state or
+        checkpoints; it is made once per state of the average (an update or a
+        loaded state dict makes a new one) and per device and dtype.
         """
         if not self.batch_norm_samples or not batch_norms(self.module):
             return self.module
-        sampler = copy.deepcopy(self.module)
-        recompute_batch_norm(sampler, self.batch_norm_samples)
-        return sampler
+        weight = next(self.module.parameters())
+        key = (weight.device, weight.dtype)
+        if key not in self._sampler:
+            sampler = copy.deepcopy(self.module)
+            recompute_batch_norm(sampler, self.batch_norm_samples)
+            self._sampler.clear()
+            self._sampler[key] = sampler
+        return self._sampler[key]
+
+    @staticmethod
+    def _forget_sampler(module: nn.Module, incompatible_keys: Any) -> None:
+        """After ``load_state_dict``: the average changed, so its sampling copy is stale."""
+        cast(GeneratorEMA, module)._sampler.clear()
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         return self.module(*args)

@@ -465,8 +465,8 @@ class GANModule(L.LightningModule):
     def sampling_generator(self) -> nn.Module:
         """The network samples and metrics use: the EMA generator where there is one.
 
-        With BatchNorm layers that is a fresh copy with statistics of its own
-        (``GeneratorEMA.for_sampling``): read it once per evaluation.
+        With BatchNorm layers that is a copy with statistics of its own
+        (``GeneratorEMA.for_sampling``), made once per EMA update.
         """
         if self.generator_ema is None:
             return self.generator

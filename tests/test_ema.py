@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,22 @@ def test_sampling_copy_has_batch_norm_statistics_of_the_averaged_weights() -> No
     assert sampler.norm.momentum == ema.module.norm.momentum  # restored after the estimate
     # A pure function of the weights: the same statistics every time.
     assert torch.equal(ema.for_sampling().norm.running_var, sampler.norm.running_var)
+
+
+def test_sampling_copy_is_made_once_per_state_of_the_average() -> None:
+    net = BatchNormGenerator()
+    ema = GeneratorEMA(net, batch_norm_samples=512)
+    holder = nn.ModuleDict({"ema": ema})  # loaded as part of a bigger module, like GANModule
+    first = ema.for_sampling()
+    assert ema.for_sampling() is first  # no second estimate for a second evaluation
+    ema.update(net, updates=10)
+    after_update = ema.for_sampling()
+    assert after_update is not first
+    holder.load_state_dict(holder.state_dict())
+    assert ema.for_sampling() is not after_update  # a loaded average gets a new copy
+    assert not any(k.startswith("ema._sampler") for k in holder.state_dict())
+    copy.deepcopy(holder)
+    pickle.dumps(holder)
 
 
 def test_conditional_generator_gets_uniform_labels_for_its_statistics() -> None:
