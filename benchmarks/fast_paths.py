@@ -25,11 +25,20 @@ from pathlib import Path
 from child import run_child
 from vs_plain_loop import RECIPES, refuse_untimeable
 
-BOTH_ADAMS = ("optim.generator.{0}=true", "optim.discriminator.{0}=true")
 
+def adam(fused: bool, foreach: bool) -> list[str]:
+    """Overrides picking one of torch's Adam implementations for both networks."""
+    return [
+        f"optim.{net}.{key}={str(value).lower()}"
+        for net in ("generator", "discriminator")
+        for key, value in (("fused", fused), ("foreach", foreach))
+    ]
+
+
+# The default is fused Adam (conf/optim/adam.yaml); the other two are switches away from it.
 SWITCHES: dict[str, list[str]] = {
-    "foreach Adam": [o.format("foreach") for o in BOTH_ADAMS],
-    "fused Adam": [o.format("fused") for o in BOTH_ADAMS],
+    "foreach Adam": adam(fused=False, foreach=True),
+    "for-loop Adam": adam(fused=False, foreach=False),
     "channels_last": ["train.channels_last=true"],
     "torch.compile": ["train.compile=true"],
     "bf16-mixed": ["trainer.precision=bf16-mixed"],

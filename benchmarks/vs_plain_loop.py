@@ -58,16 +58,27 @@ from typing import Any
 
 from child import run_child
 
-KINDS = ("template", "unchecked", "lightning", "loop", "plain")
+KINDS = ("template", "unchecked", "published", "lightning", "loop", "plain")
 
 RECIPES = {
     "toy": ["experiment=ring", "data.batch_size=256"],
     "dcgan32": ["experiment=dcgan", "data.resolution=32", "data.batch_size=64"],
     "dcgan64": ["experiment=dcgan", "data.resolution=64", "data.batch_size=128"],
+    # The networks of Lightning's GAN example, on digits at 32 px, as in that example.
+    "mlp32": [
+        "experiment=dcgan",
+        "model=mlp_image",
+        "data.resolution=32",
+        "data.batch_size=64",
+        "ema.enabled=false",
+    ],
 }
 
 
 UNCHECKED = ["skip.check_losses=false", "skip.check_gradients=false"]
+
+#: Iterations of the extra, untimed run of each kind that counts host syncs.
+SYNC_ITERATIONS = 60
 
 
 def compose(
@@ -115,13 +126,21 @@ def peak_memory(device: str) -> float:
 
 
 class Clock:
-    """Time stamps at the end of every iteration; the result is the median interval."""
+    """Time stamps at the end of every iteration; the result is the median interval.
 
-    def __init__(self, device: str) -> None:
+    With a ``HostSyncCounter`` it also records the host syncs of each iteration
+    (a counted run is slower: its times are not reported).
+    """
+
+    def __init__(self, device: str, syncs: Any = None) -> None:
         self.device = device
         self.stamps: list[float] = []
+        self.syncs = syncs
+        self.sync_totals: list[int] = []
 
     def tick(self) -> None:
+        if self.syncs is not None:
+            self.sync_totals.append(self.syncs.total)
         if self.device == "cuda":
             import torch
 
@@ -149,15 +168,19 @@ class Clock:
                 f"{len(self.stamps)} iterations ran, none timed after a warm-up of {warmup}: "
                 "raise --iterations above --warmup + 1"
             )
-        return {"median_s": statistics.median(steps), "peak_mib": peak_memory(self.device)}
+        result = {"median_s": statistics.median(steps), "peak_mib": peak_memory(self.device)}
+        if self.syncs is not None:
+            per_iteration = [b - a for a, b in itertools.pairwise(self.sync_totals[warmup:])]
+            result["syncs_median"] = statistics.median(per_iteration)
+            result["syncs_mean"] = statistics.fmean(per_iteration)
+        return result
 
 
-def run_template(cfg: Any, warmup: int, device: str) -> dict[str, float]:
+def run_template(cfg: Any, warmup: int, clock: Clock) -> dict[str, float]:
     import lightning as L
 
     from gan_template.train import train
 
-    clock = Clock(device)
     original = L.Trainer.__init__
 
     def with_clock(
@@ -234,16 +257,16 @@ class PlainGAN:
                     mine.copy_(theirs)
 
 
-def run_plain(cfg: Any, warmup: int, device: str) -> dict[str, float]:
+def run_plain(cfg: Any, warmup: int, clock: Clock) -> dict[str, float]:
     import torch
     from hydra.utils import instantiate
 
+    device = clock.device
     gan = PlainGAN(cfg, device)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     images = datamodule.dataset.tensors[0]
     per_iteration = cfg.train.n_critic * cfg.data.batch_size
-    clock = Clock(device)
     order = torch.randperm(len(images))
     position = 0
     for iteration in range(1, cfg.train.iterations + 1):
@@ -256,7 +279,28 @@ def run_plain(cfg: Any, warmup: int, device: str) -> dict[str, float]:
     return clock.result(warmup)
 
 
-def run_lightning(cfg: Any, warmup: int, device: str, wrappers: bool = True) -> dict[str, float]:
+def minimal_trainer(cfg: Any, clock: Clock, **kwargs: Any) -> Any:
+    """A Trainer with the template's settings, no callbacks but the clock's (``kwargs`` added)."""
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="gpu" if clock.device == "cuda" else "cpu",
+        devices=1,
+        precision=cfg.trainer.precision,
+        benchmark=clock.device == "cuda",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=-1,
+        max_steps=-1,
+        use_distributed_sampler=False,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        callbacks=[clock.callback(stop_after=cfg.train.iterations)],
+        **kwargs,
+    )
+
+
+def run_lightning(cfg: Any, warmup: int, clock: Clock, wrappers: bool = True) -> dict[str, float]:
     """The plain loop's iteration as the training_step of a minimal LightningModule.
 
     Same Trainer settings and data module as the template, no logger and no
@@ -267,8 +311,7 @@ def run_lightning(cfg: Any, warmup: int, device: str, wrappers: bool = True) -> 
     import lightning as L
     from hydra.utils import instantiate
 
-    gan = PlainGAN(cfg, device)
-    clock = Clock(device)
+    gan = PlainGAN(cfg, clock.device)
 
     class Minimal(L.LightningModule):
         def __init__(self) -> None:
@@ -288,30 +331,90 @@ def run_lightning(cfg: Any, warmup: int, device: str, wrappers: bool = True) -> 
             opt_g, opt_d = self.optimizers()  # type: ignore[misc]
             gan.iteration(batch[0], self.count, self.manual_backward, opt_g, opt_d)
 
-    trainer = L.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
-        precision=cfg.trainer.precision,
-        benchmark=device == "cuda",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_epochs=-1,
-        max_steps=-1,
-        use_distributed_sampler=False,
-        callbacks=[clock.callback(stop_after=cfg.train.iterations)],
-    )
+    trainer = minimal_trainer(cfg, clock, logger=False)
     trainer.fit(Minimal(), datamodule=instantiate(cfg.data))
     return clock.result(warmup)
 
 
-def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
-    """One run of ``kind`` in this process."""
+def run_published(cfg: Any, warmup: int, clock: Clock) -> dict[str, float]:
+    """Lightning's GAN example algorithm (``domain_templates/generative_adversarial_net.py``).
+
+    As published: the generator phase first, the generator run three times per
+    iteration (once kept for logging, once for G's loss, once for D's fake
+    batch), ``toggle_optimizer`` around each phase, ``self.log(prog_bar=True)``
+    of both losses on every step, a CSV logger, torch's default Adam, one
+    discriminator update per iteration (n_critic is ignored). Its networks end
+    in a sigmoid with binary cross-entropy; here they return logits and the
+    loss is ``binary_cross_entropy_with_logits``, the same maths.
+    """
     import tempfile
+
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+    from lightning.pytorch.loggers import CSVLogger
+
+    gan = PlainGAN(cfg, clock.device)
+    adam = {"fused": None, "foreach": None}  # torch's default implementation, as published
+
+    class Published(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.generator, self.discriminator = gan.G, gan.D
+
+        def forward(self, z: Any) -> Any:
+            return self.generator(z)
+
+        def configure_optimizers(self) -> Any:
+            return [
+                instantiate(cfg.optim.generator, **adam)(self.generator.parameters()),
+                instantiate(cfg.optim.discriminator, **adam)(self.discriminator.parameters()),
+            ]
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            images = batch[0]
+            optimizer_g, optimizer_d = self.optimizers()  # type: ignore[misc]
+            z = torch.randn(images.shape[0], gan.module.latent_dim).type_as(images)
+            real_label = torch.ones(images.shape[0]).type_as(images)
+            fake_label = torch.zeros(images.shape[0]).type_as(images)
+
+            self.toggle_optimizer(optimizer_g)
+            self.generated_images = self(z)
+            g_loss = F.binary_cross_entropy_with_logits(self.discriminator(self(z)), real_label)
+            self.log("g_loss", g_loss, prog_bar=True)
+            self.manual_backward(g_loss)
+            optimizer_g.step()
+            optimizer_g.zero_grad()
+            self.untoggle_optimizer(optimizer_g)
+
+            self.toggle_optimizer(optimizer_d)
+            real_loss = F.binary_cross_entropy_with_logits(self.discriminator(images), real_label)
+            fake_loss = F.binary_cross_entropy_with_logits(
+                self.discriminator(self(z).detach()), fake_label
+            )
+            d_loss = (real_loss + fake_loss) / 2
+            self.log("d_loss", d_loss, prog_bar=True)
+            self.manual_backward(d_loss)
+            optimizer_d.step()
+            optimizer_d.zero_grad()
+            self.untoggle_optimizer(optimizer_d)
+
+    logger = CSVLogger(tempfile.mkdtemp(prefix="vs_plain_published_"))
+    trainer = minimal_trainer(cfg, clock, logger=logger)
+    trainer.fit(Published(), datamodule=instantiate(cfg.data))
+    return clock.result(warmup)
+
+
+def measure(kind: str, args: argparse.Namespace, count_syncs: bool = False) -> dict[str, float]:
+    """One run of ``kind`` in this process; ``count_syncs``: count host syncs (times not valid)."""
+    import tempfile
+    from contextlib import nullcontext
 
     import torch
 
+    from gan_template.host_syncs import HostSyncCounter
     from gan_template.train import avoid_per_step_gpu_probing
 
     # `import lightning` (which every kind does, through gan_template) makes torch
@@ -322,13 +425,19 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
     torch.backends.cudnn.benchmark = args.device == "cuda"
     run_dir = Path(tempfile.mkdtemp(prefix="vs_plain_"))
     extra = [*args.overrides, *(UNCHECKED if kind == "unchecked" else [])]
-    cfg = compose(args.recipe, args.device, args.precision, args.iterations, run_dir, extra)
-    if kind == "plain":
-        result = run_plain(cfg, args.warmup, args.device)
-    elif kind in ("lightning", "loop"):
-        result = run_lightning(cfg, args.warmup, args.device, wrappers=kind == "lightning")
-    else:
-        result = run_template(cfg, args.warmup, args.device)
+    iterations, warmup = (SYNC_ITERATIONS, 1) if count_syncs else (args.iterations, args.warmup)
+    cfg = compose(args.recipe, args.device, args.precision, iterations, run_dir, extra)
+    syncs = HostSyncCounter() if count_syncs else None
+    clock = Clock(args.device, syncs)
+    with syncs or nullcontext():
+        if kind == "plain":
+            result = run_plain(cfg, warmup, clock)
+        elif kind in ("lightning", "loop"):
+            result = run_lightning(cfg, warmup, clock, wrappers=kind == "lightning")
+        elif kind == "published":
+            result = run_published(cfg, warmup, clock)
+        else:
+            result = run_template(cfg, warmup, clock)
     # Real samples (images, or points for the toy) consumed per iteration.
     return {**result, "samples_per_iteration": cfg.train.n_critic * cfg.data.batch_size}
 
@@ -386,7 +495,7 @@ def refuse_untimeable(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
 
 def worker(args: argparse.Namespace) -> None:
-    print(json.dumps(measure(args.worker, args)))
+    print(json.dumps(measure(args.worker, args, count_syncs=args.count_syncs)))
 
 
 def main() -> None:
@@ -410,7 +519,11 @@ def main() -> None:
         choices=KINDS,
         help="run this kind once under cProfile and list where its time goes",
     )
+    parser.add_argument(
+        "--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="the rows to run"
+    )
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--count-syncs", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     refuse_untimeable(parser, args)
     if args.worker:
@@ -418,15 +531,20 @@ def main() -> None:
     if args.profile:
         return profile(args.profile, args)
 
-    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+    kinds = [kind for kind in KINDS if kind in args.kinds or kind == "plain"]
+
+    def one_run(kind: str, count_syncs: bool = False) -> dict[str, float]:
+        if args.in_process:
+            return {**measure(kind, args, count_syncs), "peak_mib": float("nan")}
+        command = [sys.executable, __file__, "--worker", kind, *sys.argv[1:]]
+        output = run_child(command + (["--count-syncs"] if count_syncs else []))
+        return json.loads(output.strip().splitlines()[-1])
+
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     for _ in range(args.repeats):
-        for kind in KINDS:  # alternate the runs
-            if args.in_process:
-                results[kind].append({**measure(kind, args), "peak_mib": float("nan")})
-                continue
-            command = [sys.executable, __file__, "--worker", kind, *sys.argv[1:]]
-            output = run_child(command)
-            results[kind].append(json.loads(output.strip().splitlines()[-1]))
+        for kind in kinds:  # alternate the runs
+            results[kind].append(one_run(kind))
+    syncs = {kind: one_run(kind, count_syncs=True) for kind in kinds}
     median = {k: statistics.median(r["median_s"] for r in v) for k, v in results.items()}
     # Ratios of runs made side by side, then their median: robust to the
     # machine's load drifting between repeats.
@@ -435,7 +553,7 @@ def main() -> None:
             a["median_s"] / b["median_s"]
             for a, b in zip(results[kind], results["plain"], strict=True)
         )
-        for kind in KINDS
+        for kind in kinds
     }
     peak = {k: statistics.median(r["peak_mib"] for r in v) for k, v in results.items()}
     print(
@@ -443,13 +561,18 @@ def main() -> None:
         f"repeats={args.repeats} overrides={args.overrides}"
     )
     per_iteration = results["plain"][0]["samples_per_iteration"]
-    print(f"{'':<10} {'ms / iteration':>15} {'samples / s':>12} {'peak MiB':>10} {'time / plain':>13} {'memory / plain':>15}")  # fmt: skip
-    for kind in KINDS:
+    print(f"{'':<10} {'ms / iteration':>15} {'samples / s':>12} {'peak MiB':>10} {'time / plain':>13} {'memory / plain':>15} {'syncs / it':>11} {'(mean)':>7}")  # fmt: skip
+    for kind in kinds:
         print(
             f"{kind:<10} {1000 * median[kind]:>15.3f} {per_iteration / median[kind]:>12.0f} "
-            f"{peak[kind]:>10.1f} {paired[kind]:>12.3f}x {peak[kind] / peak['plain']:>14.3f}x"
+            f"{peak[kind]:>10.1f} {paired[kind]:>12.3f}x {peak[kind] / peak['plain']:>14.3f}x "
+            f"{syncs[kind]['syncs_median']:>11.0f} {syncs[kind]['syncs_mean']:>7.2f}"
         )
     print("time / plain: median over repeats of (this run / the plain run next to it)")
+    print(
+        f"syncs / it: host reads of device values per iteration (median, and mean with the "
+        f"logging iterations), from one extra counted run of {SYNC_ITERATIONS} iterations"
+    )
     print(f"samples / s: real samples (images, toy points) consumed, {per_iteration} per iteration")
 
 

@@ -156,6 +156,20 @@ def validate(cfg: DictConfig) -> None:
     for net in ("generator", "discriminator"):
         lr = OmegaConf.select(cfg, f"optim.{net}.lr", default=None)
         need(lr is None or lr > 0, f"optim.{net}.lr", "must be > 0")
+        betas = OmegaConf.select(cfg, f"optim.{net}.betas", default=None)
+        need(
+            betas is None or (len(betas) == 2 and all(0 <= b < 1 for b in betas)),
+            f"optim.{net}.betas",
+            "must be two numbers in [0, 1), e.g. [0.5, 0.999]",
+        )
+        both = OmegaConf.select(cfg, f"optim.{net}.fused", default=None) and OmegaConf.select(
+            cfg, f"optim.{net}.foreach", default=None
+        )
+        need(
+            not both,
+            f"optim.{net}.foreach",
+            f"cannot be true together with optim.{net}.fused=true; set one of them to false",
+        )
     batch_size = cfg.data.get("batch_size")
     need(batch_size is None or batch_size >= 1, "data.batch_size", "must be >= 1")
     resolution = cfg.data.get("resolution")

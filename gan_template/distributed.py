@@ -53,7 +53,7 @@ def all_reduce_gradients(
 ) -> Tensor | None:
     """Average the gradients of ``parameters`` over all ranks in one flat all-reduce.
 
-    ``extra`` (the skip flags, ``guard.py``) rides in the same buffer and comes
+    ``extra`` (the skip flags, ``skip.py``) rides in the same buffer and comes
     back *summed* over ranks, so agreeing on a skip costs no collective of its
     own. A parameter without a gradient contributes zeros, so every rank sends
     a buffer of the same layout whatever its local graph looked like.

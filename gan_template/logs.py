@@ -30,6 +30,17 @@ def log_at_iteration(
         logger.save()
 
 
+def as_numbers(metrics: Mapping[str, Tensor]) -> dict[str, float]:
+    """``metrics`` as Python floats, read from the device in one transfer (one host sync).
+
+    Loggers would otherwise call ``.item()`` on each value: a sync per metric.
+    """
+    if not metrics:
+        return {}
+    values = torch.stack([value.detach().float().reshape(()) for value in metrics.values()])
+    return dict(zip(metrics, values.tolist(), strict=True))
+
+
 class EpochMeans:
     """Means of the step outputs over an epoch, accumulated on the device (no host sync per step).
 

@@ -35,14 +35,14 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from gan_template import nets
-from gan_template.distributed import all_reduce_gradients, disable_reducer
 from gan_template.ema import GeneratorEMA
-from gan_template.guard import SkipGuard, SkipIteration, TooManySkips
-from gan_template.logs import EpochMeans, log_at_iteration
+from gan_template.logs import EpochMeans, as_numbers, log_at_iteration
 from gan_template.losses import discriminator_statistics, get_loss
 from gan_template.penalties import get_penalty
 from gan_template.resume import gather_rng_states, restore_rng_state
 from gan_template.schedule import StepSchedule
+from gan_template.skip import SkipRule
+from gan_template.update import Updates
 
 
 @contextmanager
@@ -81,7 +81,7 @@ class GANModule(L.LightningModule):
         penalty: discriminator penalty name (``penalties.PENALTIES``) or None.
         penalty_weight: multiplier of the penalty (WGAN-GP's lambda; R1's gamma/2).
         schedule: n_critic and the lazy penalty interval.
-        guard: the skip rule and its accounting.
+        skip_rule: what flags an update and skips its iteration (``skip.py``).
         gradient_clip_norm: clip each update's gradient norm (unscaled units) to this; None: off.
         ema_decay: generator EMA decay in [0, 1); None disables the EMA.
         ema_rampup: EMA horizon ramp (StyleGAN2: 0.05); None disables the ramp.
@@ -109,7 +109,7 @@ class GANModule(L.LightningModule):
         penalty: str | None = None,
         penalty_weight: float = 10.0,
         schedule: StepSchedule | None = None,
-        guard: SkipGuard | None = None,
+        skip_rule: SkipRule | None = None,
         gradient_clip_norm: float | None = None,
         ema_decay: float | None = 0.999,
         ema_rampup: float | None = 0.05,
@@ -138,10 +138,7 @@ class GANModule(L.LightningModule):
         self.penalty = get_penalty(penalty)
         self.penalty_weight = penalty_weight
         self.schedule = schedule or StepSchedule()
-        self.guard = guard or SkipGuard()
-        if gradient_clip_norm is not None and gradient_clip_norm <= 0:
-            raise ValueError(f"optim.gradient_clip_norm={gradient_clip_norm} must be > 0 (or null)")
-        self.gradient_clip_norm = gradient_clip_norm
+        self.updates = Updates(skip_rule or SkipRule(max_consecutive=20), gradient_clip_norm)
         if max_iterations is not None and max_iterations < 1:
             raise ValueError(f"train.iterations={max_iterations} must be >= 1")
         self.max_iterations = max_iterations
@@ -154,11 +151,9 @@ class GANModule(L.LightningModule):
 
         # Epoch aggregates as running means, never as a list of step outputs.
         self.epoch_means = EpochMeans()
+        # The last logged losses, as numbers, for the progress bar.
+        self.progress_metrics: dict[str, float] = {}
 
-        # Per-step scratch, cleared before the step ends.
-        self._last_skip_reason: str | None = None  # a string: never keep the exception (its frames)
-        self._grad_norm: Tensor | None = None
-        self._grads_finite = True
         # Listed once per fit (on_train_start, after the move to the device),
         # not walked through the module tree on every step.
         self._running_buffers: list[Tensor] = []
@@ -166,48 +161,36 @@ class GANModule(L.LightningModule):
     # ---- the algorithm ---------------------------------------------------------------------
 
     def training_step(self, batch: Any, batch_idx: int) -> STEP_OUTPUT:
-        disable_reducer(self.trainer.model)  # gradients are averaged in _update instead
         real, labels = self.unpack(batch)
         optimizer_g, optimizer_d = cast(list[LightningOptimizer], self.optimizers())
-        n_critic = self.schedule.n_critic
-        real_batches = real.chunk(n_critic)
-        label_batches = labels.chunk(n_critic) if labels is not None else [None] * n_critic
+        *earlier, (real_last, labels_last) = self.critic_batches(real, labels)
+        self.updates.begin_iteration(self.iteration)
         metrics: dict[str, Tensor] = {}
-        # Forward passes update running statistics (BatchNorm, spectral-norm power
-        # iterates) before the skip rule can look at the loss; an abandoned
-        # iteration puts them back, so a NaN batch cannot poison them.
-        saved_buffers = [buffer.clone() for buffer in self._running_buffers]
-        try:
-            for k, (real_k, labels_k) in enumerate(zip(real_batches, label_batches, strict=True)):
-                # The last critic update's fake batch is reused by the generator
-                # phase, so it is the only one generated with a graph.
-                last = k == n_critic - 1
-                fake = self.generate(real_k.shape[0], keep_graph=last, labels=labels_k)
-                metrics |= self.discriminator_step(
-                    optimizer_d, real_k, fake.detach(), labels_k, first=k == 0
-                )
-            metrics |= self.generator_step(optimizer_g, fake, labels_k)
-        except SkipIteration as skip:
-            for buffer, saved in zip(self._running_buffers, saved_buffers, strict=True):
-                buffer.copy_(saved)
-            self._end_iteration(skip.reason)
+        for k, (real_k, labels_k) in enumerate(earlier):
+            fake = self.generate(real_k.shape[0], keep_graph=False, labels=labels_k)
+            metrics |= self.discriminator_step(optimizer_d, real_k, fake, labels_k, k)
+        # The last critic update's fake batch is reused by the generator update,
+        # so it is the only one generated with a graph.
+        fake = self.generate(real_last.shape[0], keep_graph=True, labels=labels_last)
+        metrics |= self.discriminator_step(
+            optimizer_d, real_last, fake.detach(), labels_last, len(earlier)
+        )
+        metrics |= self.generator_step(optimizer_g, fake, labels_last)
+        if self.updates.end_iteration() is not None:  # the iteration's one host sync
             return None
-        self._end_iteration(None)
+        self._advance()
         return metrics
 
-    def _end_iteration(self, skip_reason: str | None) -> None:
-        """Advance the run state: skip counters, or iteration count, EMA and LR schedules.
+    def _advance(self) -> None:
+        """Count the completed iteration; update the EMA and the LR schedules.
 
-        This happens here, not in ``on_train_batch_end``: Lightning calls the
-        callbacks' ``on_train_batch_end`` (checkpointing among them) *before*
-        the module's, so anything a checkpoint must contain has to be final
-        when ``training_step`` returns.
+        This happens in ``training_step``, not in ``on_train_batch_end``:
+        Lightning calls the callbacks' ``on_train_batch_end`` (checkpointing
+        among them) *before* the module's, so anything a checkpoint must contain
+        has to be final when ``training_step`` returns.
         """
-        self.guard.record(skip_reason)
-        self._last_skip_reason = skip_reason
-        if skip_reason is not None:
-            return
         self.iteration += 1
+        self.discriminator_updates += self.schedule.n_critic
         if self.generator_ema is not None:
             self.generator_ema.update(self.generator, self.iteration)
         for scheduler in self._lr_schedulers():
@@ -219,9 +202,9 @@ class GANModule(L.LightningModule):
         real: Tensor,
         fake: Tensor,
         labels: Tensor | None,
-        first: bool,
+        k: int,
     ) -> dict[str, Tensor]:
-        """One discriminator update; raises SkipIteration instead of updating.
+        """The ``k``-th discriminator update of the iteration.
 
         No parameters need freezing: ``fake`` is detached, so the generator is
         not in this graph.
@@ -231,16 +214,11 @@ class GANModule(L.LightningModule):
         loss = self.adversarial_loss.discriminator(real_logits, fake_logits)
         metrics = {"d_loss": loss, **discriminator_statistics(real_logits, fake_logits)}
         total = loss
-        if self.penalty is not None and self.schedule.penalty_due(self.discriminator_updates):
+        if self.penalty is not None and self.schedule.penalty_due(self.discriminator_updates + k):
             penalty = self.penalty(partial(self.critic, labels=labels), real, fake)
             metrics["d_penalty"] = penalty
             total = total + self.penalty_weight * self.schedule.penalty_scale * penalty
-        if first:
-            total = self.guard.inject(total, self.iteration, self.global_rank)
-        metrics["d_grad_norm"] = self._update(
-            optimizer, total, self.discriminator, "discriminator", metrics
-        )
-        self.discriminator_updates += 1
+        metrics["d_grad_norm"] = self.updates.apply(optimizer, total, metrics)
         return {name: value.detach() for name, value in metrics.items()}
 
     def generator_step(
@@ -250,9 +228,7 @@ class GANModule(L.LightningModule):
         with frozen(self.discriminator):  # backward computes no discriminator weight gradients
             loss = self.adversarial_loss.generator(self.critic(fake, labels))
             metrics = {"g_loss": loss}
-            metrics["g_grad_norm"] = self._update(
-                optimizer, loss, self.generator, "generator", metrics
-            )
+            metrics["g_grad_norm"] = self.updates.apply(optimizer, loss, metrics)
         return {name: value.detach() for name, value in metrics.items()}
 
     # ---- helpers the algorithm reads through -------------------------------------------------
@@ -271,6 +247,14 @@ class GANModule(L.LightningModule):
             real = real.contiguous(memory_format=self.memory_format)  # no copy when it already is
         return real, labels[0] if self.conditional else None
 
+    def critic_batches(
+        self, real: Tensor, labels: Tensor | None
+    ) -> list[tuple[Tensor, Tensor | None]]:
+        """The batch split into ``n_critic`` real batches, one per discriminator update."""
+        n_critic = self.schedule.n_critic
+        label_batches = labels.chunk(n_critic) if labels is not None else [None] * n_critic
+        return list(zip(real.chunk(n_critic), label_batches, strict=True))
+
     def critic(self, samples: Tensor, labels: Tensor | None = None) -> Tensor:
         """The discriminator's logits, with labels when it is conditional."""
         return (
@@ -286,58 +270,9 @@ class GANModule(L.LightningModule):
             z = self.sample_latent(n)
             return self.generator(z) if labels is None else self.generator(z, labels)
 
-    def _update(
-        self,
-        optimizer: LightningOptimizer,
-        loss: Tensor,
-        net: nn.Module,
-        phase: str,
-        metrics: Mapping[str, Tensor],
-    ) -> Tensor:
-        """Backward, average gradients (and agree on skipping) over ranks, clip, step.
-
-        Returns the gradient norm. Raises SkipIteration, on every rank alike,
-        instead of stepping (guard.py explains the agreement). Clipping and the
-        finiteness check of gradients run in ``on_before_optimizer_step``, which
-        Lightning calls after the precision plugin has unscaled the gradients
-        (clipping here would see 16-mixed's scaled gradients, #18089).
-        """
-        flags = self.guard.local_flags(loss, metrics, self.iteration)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        flags = all_reduce_gradients(net.parameters(), self.trainer.world_size, extra=flags)
-        try:
-            self.guard.decide(flags, phase)
-        except SkipIteration:
-            optimizer.zero_grad(set_to_none=True)  # this backward's gradients are discarded
-            raise
-        self._grads_finite = True
-        optimizer.step()
-        grad_norm, self._grad_norm = self._grad_norm, None
-        if not self._grads_finite:
-            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-            raise SkipIteration(
-                "amp_overflow" if scaler is not None else "nonfinite_gradient", phase
-            )
-        assert grad_norm is not None
-        return grad_norm
-
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        params = [
-            p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-        ]
-        if self.gradient_clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_norm, foreach=True)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-        self._grad_norm = norm.detach()
-        if self.guard.check_gradients and not torch.isfinite(norm):
-            # Gradients are identical on every rank (already averaged), so every
-            # rank takes this branch alike. An optimizer skips parameters whose
-            # grad is None, so this turns the coming step() into a no-op; under
-            # 16-mixed the GradScaler skips it too and lowers its scale.
-            self._grads_finite = False
-            optimizer.zero_grad(set_to_none=True)
+        # Lightning calls this inside optimizer.step(), after unscaling 16-mixed gradients.
+        self.updates.before_step(optimizer)
 
     def _lr_schedulers(self) -> list[Any]:
         schedulers = self.lr_schedulers()
@@ -364,12 +299,21 @@ class GANModule(L.LightningModule):
             )
 
     def on_train_start(self) -> None:
-        self._running_buffers = [*self.generator.buffers(), *self.discriminator.buffers()]
+        trainer = self.trainer
+        self.updates.prepare(
+            optimizers=[opt.optimizer for opt in cast(list[LightningOptimizer], self.optimizers())],
+            buffers=[*self.generator.buffers(), *self.discriminator.buffers()],
+            backward=self.manual_backward,
+            wrapped_model=trainer.model,
+            world_size=trainer.world_size,
+            rank=trainer.global_rank,
+            scaler=getattr(trainer.precision_plugin, "scaler", None),
+        )
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
-            self.trainer.should_stop = True
+            trainer.should_stop = True
 
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
-        skipped = self._last_skip_reason is not None
+        skipped = self.updates.last_reason is not None
         # Lightning turns a None return into {} in manual optimization.
         assert skipped == (not outputs), "training_step returns None exactly when it skips"
         if not skipped:
@@ -377,15 +321,7 @@ class GANModule(L.LightningModule):
             self.epoch_means.update(metrics)
             if self._logging_step():
                 self._log_iteration(metrics)
-
-        if self.guard.limit_reached():
-            raise TooManySkips(
-                f"stopped after {self.guard.consecutive} consecutive skipped iterations at iteration "
-                f"{self.iteration} ({self.guard.describe()}). Training has diverged or a skip "
-                "predicate rejects everything: lower the learning rates, enable "
-                "optim.gradient_clip_norm, or raise skip.max_consecutive. A checkpoint of the last "
-                "good weights was saved (checkpoints/last.ckpt)."
-            )
+        self.skip_rule.stop_if_limit_reached(self.iteration)
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
             self.trainer.should_stop = True
 
@@ -393,9 +329,8 @@ class GANModule(L.LightningModule):
         # Every rank calls this (the means are averaged over ranks).
         means = self.epoch_means.compute(partial(self.trainer.strategy.reduce, reduce_op="mean"))
         if means:
-            log_at_iteration(
-                self.loggers, {f"epoch/{name}": v for name, v in means.items()}, self.iteration
-            )
+            numbers = as_numbers({f"epoch/{name}": value for name, value in means.items()})
+            log_at_iteration(self.loggers, numbers, self.iteration)
         self.epoch_means.reset()
 
     def _logging_step(self) -> bool:
@@ -405,23 +340,19 @@ class GANModule(L.LightningModule):
     def _log_iteration(self, outputs: Mapping[str, Tensor]) -> None:
         """Write one row of ``train/*`` metrics at ``step = iteration``.
 
-        Written to the loggers directly rather than through ``self.log``:
-        Lightning keeps every on-step value it was ever given and writes them
-        all again at each flush, so after a skipped iteration the previous
-        iteration's losses would be logged a second time as if they were new;
-        and each ``self.log`` call costs tens of microseconds per value on
-        every step. Tensors become numbers (one host sync) only here, every
-        ``log_every_n_steps`` iterations.
+        The values become numbers here, in one host read for all of them, and
+        only every ``log_every_n_steps`` iterations. Not through ``self.log``:
+        Lightning converts every value ever logged with ``prog_bar=True`` to a
+        number again at the end of *every* batch (a host sync each), and it
+        re-writes stale on-step values after a skipped iteration. The progress
+        bar reads ``progress_metrics`` instead.
         """
-        metrics: dict[str, Any] = {f"train/{name}": value for name, value in outputs.items()}
-        metrics["train/skipped"] = self.guard.total
-        for reason, count in self.guard.counts.items():
+        metrics = as_numbers({f"train/{name}": value for name, value in outputs.items()})
+        metrics["train/skipped"] = self.skip_rule.total
+        for reason, count in self.skip_rule.counts.items():
             metrics[f"train/skipped_{reason}"] = count
         log_at_iteration(self.loggers, metrics, self.iteration)
-        # The progress bar reads Lightning's logged metrics.
-        self.log_dict(
-            {"d_loss": outputs["d_loss"], "g_loss": outputs["g_loss"]}, prog_bar=True, logger=False
-        )
+        self.progress_metrics = {name: metrics[f"train/{name}"] for name in ("d_loss", "g_loss")}
 
     # ---- optimizers and checkpoints --------------------------------------------------------------
 
@@ -442,7 +373,7 @@ class GANModule(L.LightningModule):
         checkpoint["gan_template"] = {
             "iteration": self.iteration,
             "discriminator_updates": self.discriminator_updates,
-            "guard": self.guard.state_dict(),
+            "skip": self.skip_rule.state_dict(),
             "num_classes": self.num_classes,
             "rng": gather_rng_states(),  # every rank's, for an exact resume (resume.py)
         }
@@ -451,7 +382,9 @@ class GANModule(L.LightningModule):
         state = checkpoint["gan_template"]
         self.iteration = state["iteration"]
         self.discriminator_updates = state["discriminator_updates"]
-        self.guard.load_state_dict(state["guard"])
+        self.skip_rule.load_state_dict(
+            state.get("skip") or state["guard"]
+        )  # "guard": older checkpoints
         rng = state.get("rng")
         if rng:
             if len(rng) != self.trainer.world_size:
@@ -460,6 +393,10 @@ class GANModule(L.LightningModule):
                     f"{self.trainer.world_size}: the random stream will not continue exactly"
                 )
             restore_rng_state(rng[self.global_rank % len(rng)])
+
+    @property
+    def skip_rule(self) -> SkipRule:
+        return self.updates.rule
 
     @property
     def sampling_generator(self) -> nn.Module:

@@ -21,9 +21,9 @@ from torch import nn
 from gan_template import nets
 from gan_template.config import validate
 from gan_template.errors import ConfigError
-from gan_template.guard import SkipGuard
 from gan_template.module import GANModule
 from gan_template.schedule import StepSchedule
+from gan_template.skip import SkipRule
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
         penalty=cfg.penalty.name,
         penalty_weight=cfg.penalty.weight,
         schedule=StepSchedule(n_critic=cfg.train.n_critic, penalty_interval=cfg.penalty.interval),
-        guard=SkipGuard(
+        skip_rule=SkipRule(
             max_consecutive=cfg.skip.max_consecutive,
             inject_nonfinite_at=cfg.skip.inject_nonfinite_at,
             inject_rank=cfg.skip.inject_rank,

@@ -43,7 +43,7 @@ class RankReport(Callback):
             "world_size": trainer.world_size,
             "iteration": pl_module.iteration,
             "skipped_batches": self.skipped_batches,
-            "skip_counts": dict(pl_module.guard.counts),
+            "skip_counts": dict(pl_module.skip_rule.counts),
             "weights_sha256": digest.hexdigest(),
             "weights_finite": finite,
         }

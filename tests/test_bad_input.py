@@ -23,6 +23,16 @@ CASES = [
     (["train.n_critic=0"], 2, "train.n_critic=0: must be >= 1"),
     (["train.iterations=0"], 2, "train.iterations=0: must be >= 1"),
     (["optim.generator.lr=-0.1"], 2, "optim.generator.lr=-0.1: must be > 0"),
+    (
+        ["optim.generator.betas=[2,3]"],
+        2,
+        "optim.generator.betas=[2, 3]: must be two numbers in [0, 1)",
+    ),
+    (
+        ["optim.discriminator.foreach=true"],
+        2,
+        "optim.discriminator.foreach=True: cannot be true together with optim.discriminator.fused=true",
+    ),
     (["ema.decay=1.0"], 2, "ema.decay=1.0: must be in [0, 1)"),
     (["ema.batch_norm_samples=-1"], 2, "ema.batch_norm_samples=-1: must be >= 0 (0: off)"),
     (["loss.name=wgan"], 2, "loss.name='wgan': must be one of ['hinge', 'least_squares'"),

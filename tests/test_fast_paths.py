@@ -36,14 +36,16 @@ def test_channels_last_keeps_conv_weights_and_batches_in_that_layout(make_config
     assert real.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("implementation", ["foreach", "fused"])
-def test_adam_implementations_follow_the_default_trajectory(make_config, implementation) -> None:
-    eager, _ = losses(make_config)
-    fast, result = losses(
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "for-loop"])
+def test_adam_implementations_follow_the_fused_default_trajectory(make_config, foreach) -> None:
+    fused, default = losses(make_config)
+    assert all(o.optimizer.defaults["fused"] for o in default["module"].optimizers())
+    other, result = losses(
         make_config,
-        f"optim.generator.{implementation}=true",
-        f"optim.discriminator.{implementation}=true",
+        *(f"optim.{net}.fused=false" for net in ("generator", "discriminator")),
+        *(f"optim.{net}.foreach={str(foreach).lower()}" for net in ("generator", "discriminator")),
     )
-    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(other, fused, rtol=1e-4, atol=1e-5)
     for optimizer in result["module"].optimizers():
-        assert optimizer.optimizer.defaults[implementation] is True
+        assert optimizer.optimizer.defaults["foreach"] is foreach
+        assert not optimizer.optimizer.defaults["fused"]

@@ -76,7 +76,7 @@ def test_fp16_overflow_is_skipped_and_counted_and_the_scaler_recovers(make_confi
     module = result["module"]
     skipped = sum(1 for out in recorder.outputs if not out)
     assert module.iteration == 5
-    assert skipped >= 1 and module.guard.counts["amp_overflow"] == skipped
+    assert skipped >= 1 and module.skip_rule.counts["amp_overflow"] == skipped
     assert all(torch.isfinite(p).all() for p in module.parameters())
     scaler = module.trainer.precision_plugin.scaler
     assert scaler.get_scale() < 1.0e30  # lowered after each overflow

@@ -42,8 +42,8 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
 
     expected, actual = last_checkpoint(straight), last_checkpoint(resumed)
     assert actual["gan_template"]["iteration"] == 20
-    assert actual["gan_template"]["guard"] == expected["gan_template"]["guard"]
-    assert actual["gan_template"]["guard"]["counts"] == {"nonfinite_loss": 2}
+    assert actual["gan_template"]["skip"] == expected["gan_template"]["skip"]
+    assert actual["gan_template"]["skip"]["counts"] == {"nonfinite_loss": 2}
     # Networks, EMA, BatchNorm statistics: every tensor identical.
     assert expected["state_dict"].keys() == actual["state_dict"].keys()
     for key, value in expected["state_dict"].items():

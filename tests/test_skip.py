@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import StepRecorder, run, without_evaluation
 
-from gan_template.guard import TooManySkips
+from gan_template.skip import TooManySkips
 
 
 @pytest.mark.parametrize("experiment", ["ring", "dcgan", "wgan_gp"])
@@ -29,8 +29,8 @@ def test_injected_nonfinite_loss_skips_the_iteration_without_touching_any_state(
     module = result["module"]
     assert module.iteration == 6 and len(recorder.outputs) == 8
     assert module.discriminator_updates == 6 * module.schedule.n_critic
-    assert dict(module.guard.counts) == {"nonfinite_loss": 2}  # counted once each
-    assert module.guard.consecutive == 0
+    assert dict(module.skip_rule.counts) == {"nonfinite_loss": 2}  # counted once each
+    assert module.skip_rule.consecutive == 0
 
 
 def test_completed_iterations_return_detached_scalars(make_config) -> None:
@@ -67,7 +67,7 @@ def test_user_predicate_skips_with_its_own_reason(make_config, experiment: str) 
     # The stop saved a resumable checkpoint of the last good state.
     saved = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["gan_template"]["iteration"] == 1
-    assert saved["gan_template"]["guard"]["counts"] == {"predicate": 3}
+    assert saved["gan_template"]["skip"]["counts"] == {"predicate": 3}
 
 
 class NaNGradient(torch.nn.Module):
@@ -105,5 +105,5 @@ def test_nonfinite_gradient_skips_the_update_and_keeps_weights_finite(make_confi
         train_module.build_module = original
     module = result["module"]
     assert [bool(o) for o in recorder.outputs] == [True, True, False, True, True]
-    assert dict(module.guard.counts) == {"nonfinite_gradient": 1}
+    assert dict(module.skip_rule.counts) == {"nonfinite_gradient": 1}
     assert all(torch.isfinite(p).all() for p in module.parameters())

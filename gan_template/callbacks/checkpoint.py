@@ -18,8 +18,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gan_template.callbacks.periodic import is_due
-from gan_template.guard import TooManySkips
 from gan_template.module import as_gan_module
+from gan_template.skip import TooManySkips
 
 
 class IterationCheckpoint(Callback):

@@ -26,6 +26,16 @@ class IterationProgressBar(TQDMProgressBar):
         self.train_progress_bar.n = module.iteration
         self.train_progress_bar.set_description("Iterations")
 
+    def get_metrics(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        # The module's last logged losses, already numbers: Lightning's own
+        # progress-bar metrics would read the device on every batch.
+        return {
+            **super().get_metrics(trainer, pl_module),
+            **as_gan_module(pl_module).progress_metrics,
+        }
+
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
         self.train_progress_bar.set_description(f"Iterations (epoch {trainer.current_epoch})")
 

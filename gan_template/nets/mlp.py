@@ -1,8 +1,10 @@
-"""Multi-layer perceptrons for low-dimensional (toy) data."""
+"""Multi-layer perceptrons: for low-dimensional (toy) data, and for small images."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 from torch import Tensor, nn
 
@@ -78,4 +80,68 @@ class MLPDiscriminator(nn.Module):
         return self.net(x.reshape(x.shape[0] // self.pack, -1)).squeeze(-1)
 
 
-__all__ = ["MLPDiscriminator", "MLPGenerator"]
+class ImageMLPGenerator(nn.Module):
+    """Noise -> image through fully connected layers (the generator of Lightning's GAN example).
+
+    ``Linear -> LeakyReLU``, then ``Linear -> BatchNorm1d -> LeakyReLU`` for each
+    further width, then ``Linear -> Tanh`` reshaped to ``(channels, resolution,
+    resolution)``. Lightning's example passes 0.8 as BatchNorm's second
+    argument, which is ``eps`` (probably meant as momentum); ``batch_norm_eps``
+    keeps that for a like-for-like comparison.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 100,
+        widths: Sequence[int] = (128, 256, 512, 1024),
+        channels: int = 1,
+        resolution: int = 32,
+        batch_norm_eps: float = 0.8,
+    ) -> None:
+        super().__init__()
+        if not widths or min(latent_dim, channels, resolution, *widths) < 1:
+            raise ValueError(
+                f"ImageMLPGenerator sizes must be >= 1 with at least one width, got "
+                f"latent_dim={latent_dim}, widths={list(widths)}, channels={channels}, "
+                f"resolution={resolution}"
+            )
+        self.latent_dim = latent_dim
+        self.sample_shape = (channels, resolution, resolution)
+        layers: list[nn.Module] = [nn.Linear(latent_dim, widths[0]), nn.LeakyReLU(0.2)]
+        for width_in, width_out in pairwise(widths):
+            layers += [
+                nn.Linear(width_in, width_out),
+                nn.BatchNorm1d(width_out, eps=batch_norm_eps),
+                nn.LeakyReLU(0.2),
+            ]
+        layers += [nn.Linear(widths[-1], math.prod(self.sample_shape)), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).view(z.shape[0], *self.sample_shape)
+
+
+class ImageMLPDiscriminator(nn.Module):
+    """Image -> one logit through fully connected layers (Lightning's GAN example, without
+    its final sigmoid: the losses take logits)."""
+
+    def __init__(
+        self, channels: int = 1, resolution: int = 32, widths: Sequence[int] = (512, 256)
+    ) -> None:
+        super().__init__()
+        if not widths or min(channels, resolution, *widths) < 1:
+            raise ValueError(
+                f"ImageMLPDiscriminator sizes must be >= 1 with at least one width, got "
+                f"channels={channels}, resolution={resolution}, widths={list(widths)}"
+            )
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width_in, width_out in pairwise([channels * resolution**2, *widths]):
+            layers += [nn.Linear(width_in, width_out), nn.LeakyReLU(0.2)]
+        layers.append(nn.Linear(widths[-1], 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).squeeze(-1)
+
+
+__all__ = ["ImageMLPDiscriminator", "ImageMLPGenerator", "MLPDiscriminator", "MLPGenerator"]

@@ -1,0 +1,149 @@
+"""The skip rule: which updates are abandoned, decided alike on every rank, and the accounting.
+
+An update is *flagged* when its loss is non-finite, a user predicate rejects
+it, or its gradients (after the all-reduce) are non-finite. From the first
+flagged update of an iteration on, no update of that iteration is applied:
+each still runs its forward and backward (every rank must run every
+collective), but its optimizer step changes nothing. Updates before the first
+flagged one stay applied. The iteration then counts as skipped:
+``training_step`` returns ``None``, the iteration counter, EMA and LR
+schedules do not advance, and running buffers (BatchNorm statistics) are put
+back as they were before the iteration (``update.py`` does the mechanics).
+
+Why every rank must agree: under DDP each update ends in a gradient all-reduce,
+and a rank that skips one the others run leaves them waiting forever.
+Lightning offers no help in manual optimization (#5243). The loss flags ride
+in the gradient all-reduce (``distributed.py``), so every rank sees the same
+summed flags at no extra collective; gradient flags are computed from the
+averaged gradients, which are the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: Why an update was flagged, in order of precedence. The first two are read from
+#: the loss before the backward, the last from the gradients after it.
+REASONS = ("nonfinite_loss", "predicate", "nonfinite_gradient")
+
+#: ``predicate(metrics, iteration) -> bool or a 0-d bool tensor``: true asks to
+#: skip. Returning a tensor keeps the decision on the device (no host sync).
+SkipPredicate = Callable[[Mapping[str, Tensor], int], "bool | Tensor"]
+
+
+class TooManySkips(RuntimeError):
+    """Raised when ``max_consecutive`` iterations in a row were skipped."""
+
+
+class SkipRule:
+    """What flags an update, and how many iterations were skipped, and why.
+
+    Args:
+        max_consecutive: stop the run (after saving a checkpoint) when this many
+            iterations in a row were skipped; 0 never stops.
+        inject_nonfinite_at: iterations (generator updates completed so far) at
+            which the first discriminator loss is made NaN, once each: the
+            skip path exercised end to end.
+        inject_rank: inject on this rank only (None: every rank).
+        predicate: optional user rule; true skips the iteration.
+        check_losses: flag non-finite losses, the predicate and injected faults.
+        check_gradients: flag non-finite gradients.
+    """
+
+    def __init__(
+        self,
+        max_consecutive: int,
+        inject_nonfinite_at: Iterable[int] = (),
+        inject_rank: int | None = None,
+        predicate: SkipPredicate | None = None,
+        check_losses: bool = True,
+        check_gradients: bool = True,
+    ) -> None:
+        if max_consecutive < 0:
+            raise ValueError(f"max_consecutive={max_consecutive} must be >= 0 (0: never stop)")
+        self.max_consecutive = max_consecutive
+        self.inject_nonfinite_at = frozenset(int(i) for i in inject_nonfinite_at)
+        self.inject_rank = inject_rank
+        self.predicate = predicate
+        self.check_losses = check_losses
+        self.check_gradients = check_gradients
+        self.counts: Counter[str] = Counter()
+        self.consecutive = 0
+        self._injected: set[int] = set()
+
+    # ---- flags (device tensors: deciding costs no host sync) ---------------------------------
+
+    def inject(self, loss: Tensor, iteration: int, rank: int) -> Tensor:
+        """``loss`` made NaN if a fault is due at this iteration on this rank (once)."""
+        if iteration not in self.inject_nonfinite_at or iteration in self._injected:
+            return loss
+        self._injected.add(iteration)  # every rank records it, so resumes agree
+        if self.inject_rank is not None and rank != self.inject_rank:
+            return loss
+        return loss * float("nan")
+
+    def loss_flags(self, loss: Tensor, metrics: Mapping[str, Tensor], iteration: int) -> Tensor:
+        """``[nonfinite_loss, predicate]`` as 0/1 floats on the loss's device."""
+        nonfinite = loss.detach().isfinite().logical_not().float().reshape(1)
+        wants_skip = False if self.predicate is None else self.predicate(metrics, iteration)
+        if isinstance(wants_skip, Tensor):
+            wanted = wants_skip.detach().reshape(1).to(nonfinite.dtype)
+        else:
+            wanted = nonfinite.new_full((1,), float(bool(wants_skip)))
+        return torch.cat([nonfinite, wanted])
+
+    def gradient_flag(self, grad_norm: Tensor) -> Tensor:
+        """``[nonfinite_gradient]`` from the update's (averaged) gradient norm."""
+        return grad_norm.detach().isfinite().logical_not().float().reshape(1)
+
+    # ---- the accounting (host side, once per iteration) --------------------------------------
+
+    @staticmethod
+    def reason(flags: list[float]) -> str | None:
+        """The reason an iteration was skipped, from its flags (``REASONS`` layout); None if not."""
+        return next((reason for reason, flag in zip(REASONS, flags, strict=True) if flag), None)
+
+    def record(self, reason: str | None) -> None:
+        """Count a finished iteration: skipped for ``reason``, or completed (None)."""
+        if reason is None:
+            self.consecutive = 0
+            return
+        self.counts[reason] += 1
+        self.consecutive += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def stop_if_limit_reached(self, iteration: int) -> None:
+        """Raise :class:`TooManySkips` after ``max_consecutive`` skipped iterations in a row."""
+        if not 0 < self.max_consecutive <= self.consecutive:
+            return
+        raise TooManySkips(
+            f"stopped after {self.consecutive} consecutive skipped iterations at iteration "
+            f"{iteration} ({self.describe()}). Training has diverged or a skip predicate "
+            "rejects everything: lower the learning rates, enable optim.gradient_clip_norm, or "
+            "raise skip.max_consecutive. A checkpoint of the last good weights was saved "
+            "(checkpoints/last.ckpt)."
+        )
+
+    def describe(self) -> str:
+        reasons = ", ".join(f"{reason} x{n}" for reason, n in sorted(self.counts.items()))
+        return f"{self.total} skipped iterations ({reasons or 'none'})"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "consecutive": self.consecutive,
+            "injected": sorted(self._injected),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.counts = Counter(state["counts"])
+        self.consecutive = int(state["consecutive"])
+        self._injected = set(state["injected"])

@@ -1,0 +1,182 @@
+"""One optimizer update from loss to step, with the skip rule applied on the device.
+
+Every update of an iteration runs the same way (``Updates.apply``)::
+
+    flags = [non-finite loss?, predicate?]                 device tensors, no sync
+    backward
+    all-reduce the gradients with the flags riding along   (distributed.py)
+    optimizer.step(), inside which Lightning unscales 16-mixed gradients and
+    calls on_before_optimizer_step -> Updates.before_step:
+        clip (or measure) the gradient norm; flag a non-finite one
+        skip = any flag of this iteration so far
+        the step applies nothing when skip is set
+
+and once per iteration ``end_iteration`` reads the flags on the host (the only
+device-to-host sync of an iteration that writes no logs), restores the
+running buffers if the iteration was skipped, and counts it.
+
+How a step applies nothing without the host knowing: fused optimizers
+(``Adam``/``AdamW``/``SGD`` with ``fused=True``, the default in ``conf/optim``)
+take a ``found_inf`` tensor, the protocol ``torch.amp.GradScaler`` uses, and
+leave weights and state untouched when it is 1. Other optimizers, and any
+optimizer under 16-mixed's GradScaler (which sets ``found_inf`` itself),
+read the flag on the host instead: one sync per update, otherwise the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from gan_template.distributed import all_reduce_gradients, disable_reducer
+from gan_template.skip import SkipRule
+
+
+def decides_on_device(optimizer: Optimizer, scaler: Any) -> bool:
+    """Whether ``optimizer.step`` honours a device-side ``found_inf`` flag we may set."""
+    return scaler is None and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+class Updates:
+    """Runs the optimizer updates of each iteration and decides, once, whether it was skipped.
+
+    Args:
+        rule: what flags an update, and the skip accounting.
+        gradient_clip_norm: clip each update's gradient norm to this (in
+            unscaled units); None measures the norm without clipping.
+    """
+
+    def __init__(self, rule: SkipRule, gradient_clip_norm: float | None = None) -> None:
+        if gradient_clip_norm is not None and gradient_clip_norm <= 0:
+            raise ValueError(f"gradient_clip_norm={gradient_clip_norm} must be > 0 (or None)")
+        self.rule = rule
+        self.gradient_clip_norm = gradient_clip_norm
+        self.last_reason: str | None = None  # of the iteration that ended last
+        # Set once per fit by prepare().
+        self._backward: Callable[[Tensor], None] = lambda loss: loss.backward()
+        self._parameters: dict[Optimizer, list[nn.Parameter]] = {}
+        self._on_device: dict[Optimizer, bool] = {}
+        self._buffers: list[Tensor] = []
+        self._saved_buffers: list[Tensor] = []
+        self._wrapped_model: nn.Module | None = None
+        self._world_size, self._rank, self._scaler = 1, 0, None
+        # Per iteration.
+        self._iteration = 0
+        self._first_update = True
+        self._flags: Tensor | None = None  # REASONS layout, 0/1, accumulated over the updates
+        # Per update, from apply() to before_step() and back.
+        self._loss_flags: Tensor | None = None
+        self._grad_norm: Tensor | None = None
+
+    def prepare(
+        self,
+        optimizers: Sequence[Optimizer],
+        buffers: Sequence[Tensor],
+        backward: Callable[[Tensor], None],
+        wrapped_model: nn.Module | None = None,
+        world_size: int = 1,
+        rank: int = 0,
+        scaler: Any = None,
+    ) -> None:
+        """Take what the updates need from the fit, once (lists, not walks of the module tree)."""
+        self._backward = backward
+        self._parameters = {
+            opt: [p for group in opt.param_groups for p in group["params"]] for opt in optimizers
+        }
+        self._on_device = {opt: decides_on_device(opt, scaler) for opt in optimizers}
+        self._buffers = list(buffers)
+        self._saved_buffers = [b.clone() for b in self._buffers]
+        self._wrapped_model = wrapped_model
+        self._world_size, self._rank, self._scaler = world_size, rank, scaler
+
+    def host_syncs_per_update(self) -> dict[Optimizer, bool]:
+        """Which optimizers need the flag on the host before stepping (see the module docstring)."""
+        checks = self.rule.check_losses or self.rule.check_gradients
+        return {opt: checks and not on_device for opt, on_device in self._on_device.items()}
+
+    # ---- an iteration ----------------------------------------------------------------------
+
+    def begin_iteration(self, iteration: int) -> None:
+        # Gradients are averaged in apply(), not by DDP's reducer (distributed.py);
+        # Lightning switches the reducer back on after every step.
+        disable_reducer(self._wrapped_model)
+        self._iteration, self._first_update, self._flags = iteration, True, None
+        if self._buffers:  # forwards update them before the flags are known: keep a copy
+            torch._foreach_copy_(self._saved_buffers, self._buffers)
+
+    def apply(
+        self, optimizer: LightningOptimizer, loss: Tensor, metrics: Mapping[str, Tensor]
+    ) -> Tensor:
+        """Backward ``loss``, average the gradients, step unless flagged; the gradient norm."""
+        rule = self.rule
+        if self._first_update:
+            loss = rule.inject(loss, self._iteration, self._rank)
+            self._first_update = False
+        flags = rule.loss_flags(loss, metrics, self._iteration) if rule.check_losses else None
+        optimizer.zero_grad(set_to_none=True)
+        self._backward(loss)
+        parameters = self._parameters[optimizer.optimizer]
+        flags = all_reduce_gradients(parameters, self._world_size, extra=flags)
+        if flags is not None and self._world_size > 1:
+            flags = flags.clamp_(max=1.0)  # summed over ranks
+        self._loss_flags = flags
+        optimizer.step()  # calls before_step() via on_before_optimizer_step
+        optimizer.optimizer.__dict__.pop("found_inf", None)
+        grad_norm, self._grad_norm = self._grad_norm, None
+        assert grad_norm is not None, "on_before_optimizer_step must call Updates.before_step"
+        return grad_norm
+
+    def before_step(self, optimizer: Optimizer) -> None:
+        """Clip and check the unscaled gradients; make the coming step apply nothing if flagged.
+
+        Called from ``on_before_optimizer_step``, which Lightning runs after the
+        precision plugin has unscaled the gradients (clipping earlier would clip
+        16-mixed's scaled gradients, Lightning #18089).
+        """
+        parameters = self._parameters[optimizer]
+        if self._scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            # Lightning leaves unscaling to a fused optimizer's own step (its
+            # MixedPrecision.optimizer_step): too late to clip or check. The scaler's
+            # step then sees the gradients unscaled and does not unscale them again.
+            self._scaler.unscale_(optimizer)
+        if self.gradient_clip_norm is not None:
+            norm = nn.utils.clip_grad_norm_(parameters, self.gradient_clip_norm, foreach=True)
+        else:
+            norm = nn.utils.get_total_norm(
+                [p.grad for p in parameters if p.grad is not None], foreach=True
+            )
+        self._grad_norm = norm.detach()
+        rule = self.rule
+        if not (rule.check_losses or rule.check_gradients):
+            return
+        loss_flags = self._loss_flags if self._loss_flags is not None else norm.new_zeros(2)
+        grad_flag = rule.gradient_flag(norm) if rule.check_gradients else norm.new_zeros(1)
+        flags = torch.cat([loss_flags, grad_flag])
+        self._flags = flags if self._flags is None else torch.maximum(self._flags, flags)
+        skip = self._flags.amax()  # 1.0 once any update of this iteration was flagged
+        if self._on_device[optimizer]:
+            optimizer.found_inf = skip  # type: ignore[attr-defined]  # read by fused step()
+        elif skip.item():  # a host sync: this optimizer cannot take the flag on the device
+            # An optimizer skips parameters without gradients, so the step applies
+            # nothing (a GradScaler's step too, after its own inf check).
+            optimizer.zero_grad(set_to_none=True)
+
+    def end_iteration(self) -> str | None:
+        """The reason the iteration was skipped, or None; restores buffers of a skipped one.
+
+        Reading the flags is the iteration's one device-to-host sync.
+        """
+        reason = None if self._flags is None else self.rule.reason(self._flags.tolist())
+        self._flags = None
+        if reason is not None and self._buffers:
+            torch._foreach_copy_(self._buffers, self._saved_buffers)
+        if reason == "nonfinite_gradient" and self._scaler is not None:
+            reason = "amp_overflow"  # the GradScaler skipped the step and lowers its scale
+        self.rule.record(reason)
+        self.last_reason = reason
+        return reason
