@@ -9,12 +9,24 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from gan_template.checkpoint_io import CheckpointWriteError, DamagedCheckpointError
 from gan_template.config import register_schema
-from gan_template.errors import UserInputError
+from gan_template.errors import ConfigError, DataError, UserInputError
+from gan_template.skip import TooManySkips
 
 #: conf/ at the repository root, found from this file so any working directory works.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 register_schema()  # before Hydra composes: conf/config.yaml starts from it
+
+#: Exit statuses besides 0 (done) and 1 (Hydra's composition errors, or a bug).
+EXIT_STATUS: dict[type[BaseException], int] = {
+    ConfigError: 2,  # a setting is wrong
+    DataError: 2,  # the data is missing or unreadable
+    DamagedCheckpointError: 2,  # the checkpoint to resume from cannot be read
+    UserInputError: 2,
+    TooManySkips: 3,  # training diverged; last.ckpt holds the last good state
+    CheckpointWriteError: 4,  # a checkpoint could not be written; earlier ones are intact
+}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
@@ -24,10 +36,15 @@ def main(cfg: DictConfig) -> None:
     _route_lightning_logs_through_hydra()
     try:
         train(cfg)
-    except UserInputError as error:
-        # A wrong setting or missing data: the message says which and how to fix it.
+    except (UserInputError, TooManySkips, CheckpointWriteError) as error:
+        # The message says what happened and what to do; a traceback would bury it.
         print(f"gan_template: error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(exit_status(error)) from None
+
+
+def exit_status(error: BaseException) -> int:
+    """The documented exit status of ``error`` (its most specific class in ``EXIT_STATUS``)."""
+    return next(EXIT_STATUS[kind] for kind in type(error).__mro__ if kind in EXIT_STATUS)
 
 
 def _route_lightning_logs_through_hydra() -> None:

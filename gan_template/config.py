@@ -18,12 +18,14 @@ Two layers, both before any data is loaded:
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from gan_template.errors import ConfigError
 from gan_template.losses import LOSSES
@@ -133,6 +135,17 @@ def validate(cfg: DictConfig) -> None:
             value = OmegaConf.select(cfg, key, default=None)
             problems.append(f"{key}={value!r}: {allowed}")
 
+    try:  # a group that reads a key another group lacks (experiment=ring model=dcgan)
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as error:
+        raise ConfigError(
+            f"invalid config:\n  - {error.full_key}: cannot be resolved ({str(error.msg).splitlines()[0]}). The "
+            "chosen groups do not fit together: e.g. an image model (model=dcgan) reads "
+            "data.resolution, which toy data does not have; pick a model for the data "
+            "(toy data: model=mlp; images: model=dcgan or model=resnet)"
+        ) from None
+    problems += unknown_keys(cfg)
+    need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32 - 1]")
     need(cfg.train.iterations >= 1, "train.iterations", "must be >= 1")
     need(cfg.train.n_critic >= 1, "train.n_critic", "must be >= 1")
     need(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
@@ -193,6 +206,54 @@ def validate(cfg: DictConfig) -> None:
             + "\n(`python -m gan_template --cfg job` "
             "prints the composed config; conf/ documents every key)"
         )
+
+
+#: Keys of the sections whose shape the schema leaves open (their ``_target_`` nodes are
+#: checked against their callables' signatures instead).
+OPEN_SECTIONS = {
+    "model": {"conditional", "generator", "discriminator"},
+    "optim": {
+        "generator",
+        "discriminator",
+        "generator_scheduler",
+        "discriminator_scheduler",
+        "gradient_clip_norm",
+    },
+}
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys the schema does not know, added with Hydra's ``+`` (which composition accepts)."""
+    problems = []
+
+    def refuse(key: str, known: set[str]) -> None:
+        problems.append(f"{key}: not a setting; valid here: {sorted(known)}")
+
+    sections = {f.name: f for f in fields(RunConfig)}
+    for key in cfg:
+        name = str(key)
+        if name not in sections:
+            refuse(name, set(sections))
+            continue
+        node = cfg._get_node(name)
+        factory = sections[name].default_factory
+        known: set[str] | None = OPEN_SECTIONS.get(name)
+        if factory is not NO_DEFAULT and is_dataclass(factory):
+            known = {f.name for f in fields(factory)}
+        if known is not None and isinstance(node, DictConfig):
+            for child in map(str, node):
+                if child not in known:
+                    refuse(f"{name}.{child}", known)
+        if name in ("callbacks", "logger") and isinstance(node, DictConfig):
+            for child in map(str, node):
+                entry = node.get(child)
+                if entry is not None and not (
+                    isinstance(entry, DictConfig) and "_target_" in entry
+                ):
+                    problems.append(
+                        f"{name}.{child}={entry!r}: each entry is a {{_target_: ...}} node or null"
+                    )
+    return problems
 
 
 def _target_nodes(node: Any, key: str = "") -> list[tuple[str, DictConfig]]:

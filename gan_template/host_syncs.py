@@ -85,7 +85,7 @@ class HostSyncCounter:
         self.counts[kind] += 1
         for frame in reversed(traceback.extract_stack()[:-1]):
             path = frame.filename.replace("\\", "/")
-            if "/torch/" not in path and not path.endswith("host_syncs.py"):
+            if "/torch/" not in path and frame.filename != __file__:
                 self.where[f"{path}:{frame.lineno} ({frame.name})"] += 1
                 break
 

@@ -28,7 +28,7 @@ from typing import Any, cast
 import lightning as L
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -309,8 +309,43 @@ class GANModule(L.LightningModule):
             rank=trainer.global_rank,
             scaler=getattr(trainer.precision_plugin, "scaler", None),
         )
+        if trainer.ckpt_path is not None:
+            self._apply_configured_learning_rates()
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
             trainer.should_stop = True
+
+    def _apply_configured_learning_rates(self) -> None:
+        """After a resume, use the configured learning rates, not the checkpoint's.
+
+        Lightning restores each optimizer's param groups, ``lr`` included, so a
+        changed ``optim.*.lr`` would otherwise be silently ignored. A scheduled
+        rate keeps its progress: it is rescaled by new / old base rate.
+        """
+        optimizers = [opt.optimizer for opt in cast(list[LightningOptimizer], self.optimizers())]
+        schedulers = self._lr_schedulers()
+        for name, factory, optimizer in zip(
+            ("generator", "discriminator"),
+            (self.optimizer_g, self.optimizer_d),
+            optimizers,
+            strict=True,
+        ):
+            lr = getattr(factory, "keywords", {}).get("lr")
+            if lr is None:
+                continue
+            for group in optimizer.param_groups:
+                old = group.get("initial_lr", group["lr"])
+                if old == lr:
+                    continue
+                group["lr"] *= lr / old
+                if "initial_lr" in group:
+                    group["initial_lr"] = lr
+                rank_zero_info(
+                    f"resume: optim.{name}.lr={lr} replaces the checkpoint's {old} "
+                    f"(the optimizer's rate is now {group['lr']:g})"
+                )
+            for scheduler in schedulers:
+                if scheduler.optimizer is optimizer:
+                    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
 
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
         skipped = self.updates.last_reason is not None

@@ -6,13 +6,16 @@ run draws different noise than the uninterrupted one would have. The module
 stores each rank's states (gathered to rank 0, which writes the file) and puts
 them back on load. The data order is restored separately: it depends only on
 ``(data_seed, epoch, rank)`` and the position in the epoch (``data/sampling.py``).
+
+Settings changed on resume are compared with the checkpoint's stored config
+(:func:`config_changes`): shape-defining ones are refused, the rest are
+reported, and new learning rates are applied (``GANModule.on_train_start``).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -66,9 +69,32 @@ def gather_rng_states() -> list[dict[str, Any]]:
     return states
 
 
-@contextmanager
-def isolated_rng() -> Iterator[None]:
-    """Run code that draws random numbers (metrics: KID's subsets) without moving the training's stream."""
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
-        yield
+#: Settings that shape the saved weights: a checkpoint cannot be resumed under others.
+SHAPE_KEYS = ("model.", "ema.enabled", "data.channels", "data.resolution")
+#: Settings that say where a run is, not what it trains.
+PLACE_KEYS = ("paths.", "ckpt_path")
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple]:
+    """``{dotted key: (saved value, current value)}`` for every setting that differs."""
+    before, after = _flatten(saved), _flatten(current)
+    return {
+        key: (before.get(key, "<unset>"), after.get(key, "<unset>"))
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key, "<unset>") != after.get(key, "<unset>")
+        and not key.startswith(PLACE_KEYS)
+    }
+
+
+def shape_changes(changes: Mapping[str, tuple]) -> dict[str, tuple]:
+    """The part of ``changes`` a checkpoint's weights cannot follow."""
+    return {key: values for key, values in changes.items() if key.startswith(SHAPE_KEYS)}
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat |= _flatten(value, f"{prefix}{key}.")
+        return flat
+    return {prefix[:-1]: node}

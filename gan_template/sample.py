@@ -1,13 +1,16 @@
 """Draw samples from a checkpoint's generator (the EMA generator where there is one).
 
-    python -m gan_template.sample ckpt=PATH n=2500 out=FILE.pt [seed=0] [device=cpu] [ema=true]
+    python -m gan_template.sample CKPT [--n 2500] [--out samples.pt] [--seed 0]
+                                       [--device cpu] [--no-ema]
 
-Writes a float tensor of shape ``(n, *sample_shape)`` to ``out`` (``torch.load``
+Writes a float tensor of shape ``(n, *sample_shape)`` to ``--out`` (``torch.load``
 reads it back); for image data also a PNG grid beside it (``FILE.png``).
+``--help`` lists the options; a bad value exits with status 2 and a message.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,19 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gan_template import nets
+from gan_template.checkpoint_io import check_readable
 from gan_template.ema import recompute_batch_norm
+from gan_template.errors import UserInputError
 from gan_template.train import build_network
-
-USAGE = "usage: python -m gan_template.sample ckpt=PATH n=2500 out=FILE.pt [seed=0] [device=cpu] [ema=true]"
-DEFAULTS = {
-    "ckpt": None,
-    "n": 2500,
-    "out": "samples.pt",
-    "seed": 0,
-    "device": "cpu",
-    "ema": True,
-    "batch_size": 1024,
-}
 
 
 def load_generator(
@@ -38,13 +32,17 @@ def load_generator(
     """The generator of a checkpoint (rebuilt from its stored run config) and that config."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"ckpt={ckpt_path} does not exist; pass a .ckpt from <run dir>/checkpoints/"
+        raise UserInputError(
+            f"{ckpt_path} does not exist or is not a file; pass a .ckpt from <run dir>/checkpoints/"
         )
+    check_readable(path, option="")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     run_config = (checkpoint.get("hyper_parameters") or {}).get("run_config")
-    if not run_config:
-        raise ValueError(f"{path} has no run config; was it written by gan_template's training?")
+    if not run_config or "gan_template" not in checkpoint:
+        raise UserInputError(
+            f"{path} is not a gan_template checkpoint (it has no stored run config); pass one "
+            "from <run dir>/checkpoints/"
+        )
     cfg = OmegaConf.create(run_config)
     generator = build_network(cfg, "generator", checkpoint["gan_template"].get("num_classes", 0))
     state = checkpoint["state_dict"]
@@ -85,20 +83,54 @@ def save_image_grid(samples: torch.Tensor, path: Path, max_images: int = 64) -> 
     save_image(images, path, nrow=int(len(images) ** 0.5), normalize=True, value_range=(-1.0, 1.0))
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(argv or sys.argv[1:]))
-    unknown = set(args) - set(DEFAULTS)
-    if unknown or args.ckpt is None:
-        raise SystemExit(
-            f"{'unknown keys ' + str(sorted(unknown)) + '; ' if unknown else ''}{USAGE}"
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m gan_template.sample",
+        description="Draw samples from a gan_template checkpoint's generator.",
+    )
+    parser.add_argument("ckpt", type=Path, help="a .ckpt from <run dir>/checkpoints/")
+    parser.add_argument("--n", type=positive_int, default=2500, help="samples to draw (>= 1)")
+    parser.add_argument("--out", type=Path, default=Path("samples.pt"), help="tensor file to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    parser.add_argument("--batch-size", type=positive_int, default=1024)
+    parser.add_argument(
+        "--no-ema", dest="ema", action="store_false", help="the raw generator, not its EMA"
+    )
+    positive_int.__name__ = "integer >= 1"  # argparse names the type in its error message
+    args = parser.parse_args(argv)
+    if args.out.is_dir():
+        parser.error(
+            f"--out {args.out} is a folder; give a file name such as {args.out / 'samples.pt'}"
         )
-    if int(args.n) < 1:
-        raise SystemExit(f"n={args.n} must be >= 1; {USAGE}")
-    generator, cfg = load_generator(args.ckpt, use_ema=bool(args.ema), device=args.device)
-    samples = sample(generator, int(args.n), int(args.seed), int(args.batch_size))
+    if not 0 <= args.seed < 2**63:
+        parser.error(f"--seed {args.seed} must be in [0, 2**63)")
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        parser.error(f"--device {args.device} cannot be used here ({str(error).splitlines()[0]})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    try:
+        generator, cfg = load_generator(args.ckpt, use_ema=args.ema, device=args.device)
+    except UserInputError as error:
+        print(f"gan_template.sample: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    samples = sample(generator, args.n, args.seed, args.batch_size)
     # Toy data may be trained at a reduced scale (data.scale): return original units.
     samples = samples * float(cfg.data.get("scale", 1.0))
-    out = Path(args.out)
+    out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(samples, out)
     written = [str(out)]

@@ -14,14 +14,17 @@ from typing import Any, cast
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gan_template import nets
+from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable
 from gan_template.config import validate
 from gan_template.errors import ConfigError
 from gan_template.module import GANModule
+from gan_template.resume import config_changes, shape_changes
 from gan_template.schedule import StepSchedule
 from gan_template.skip import SkipRule
 
@@ -79,6 +82,48 @@ def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
     )
 
 
+def check_memory(cfg: DictConfig, num_classes: int) -> None:
+    """Refuse networks whose weights and optimizer state alone exceed the memory available.
+
+    The networks are built on the meta device (no memory), so a typo such as
+    ``data.resolution=2048`` is caught before it is allocated: an out-of-memory
+    kill names nothing. Activations come on top, so passing is no guarantee.
+    """
+    with torch.device("meta"):
+        sizes = {
+            which: sum(p.numel() for p in build_network(cfg, which, num_classes).parameters())
+            for which in ("generator", "discriminator")
+        }
+    # 4-byte weights, gradients and two Adam moments; the generator's EMA and its sampling copy.
+    copies = {"generator": 4 + (2 if cfg.ema.enabled else 0), "discriminator": 4}
+    needed = sum(4 * sizes[which] * copies[which] for which in sizes)
+    available, where = available_memory(cfg)
+    if available is not None and needed > 0.9 * available:
+        raise ConfigError(
+            f"the networks are too large for this machine: {sizes['generator'] / 1e6:,.0f} M "
+            f"generator and {sizes['discriminator'] / 1e6:,.0f} M discriminator parameters "
+            f"(model={cfg.model.generator._target_.rsplit('.', 1)[-1]}, "
+            f"data.resolution={cfg.data.get('resolution')}) need {needed / 2**30:.1f} GiB for "
+            f"weights, gradients, Adam and EMA state alone, and {where} has "
+            f"{available / 2**30:.1f} GiB available; lower data.resolution or the model's width"
+        )
+
+
+def available_memory(cfg: DictConfig) -> tuple[int | None, str]:
+    """Bytes the run can use: free GPU memory when it trains on a GPU, else the host's."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0], "the GPU"
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "this machine"
+    except OSError:
+        pass
+    return None, "this machine"  # unknown (not Linux): no check
+
+
 def check_shapes(module: GANModule, datamodule: L.LightningDataModule) -> None:
     """Fail at start-up, naming both values, when networks and data disagree."""
     data_shape = getattr(datamodule, "sample_shape", None)
@@ -110,6 +155,7 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
                 "this is, so pass that run's directory too (hydra.run.dir=<run dir>), or give "
                 "ckpt_path=<path to a .ckpt>"
             )
+        check_readable(path)
         return str(path)
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
@@ -117,7 +163,27 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
             f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt file, for example "
             "<run dir>/checkpoints/last.ckpt (or ckpt_path=last with hydra.run.dir=<run dir>)"
         )
+    check_readable(path)
     return str(path.resolve())
+
+
+def check_resume(cfg: DictConfig, ckpt_path: str) -> None:
+    """Refuse settings the checkpoint's weights cannot follow; report the others that changed."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    saved = checkpoint.get("hyper_parameters", {}).get("run_config") or {}
+    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    refused = shape_changes(changes)
+    if refused:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} holds networks built with other settings: "
+            + "; ".join(
+                f"{key}={old!r} in the checkpoint, {new!r} now"
+                for key, (old, new) in refused.items()
+            )
+            + ". Resume with the checkpoint's values, or start a new run without ckpt_path"
+        )
+    for key, (old, new) in changes.items():
+        log.info(f"resume: {key} changed from {old!r} (checkpoint) to {new!r}")
 
 
 def avoid_per_step_gpu_probing() -> None:
@@ -146,7 +212,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     avoid_per_step_gpu_probing()
 
+    if ckpt_path is not None:
+        check_resume(cfg, ckpt_path)
+
     datamodule: L.LightningDataModule = instantiate(cfg.data)
+    check_memory(cfg, num_classes=getattr(datamodule, "num_classes", 0))
     module = build_module(cfg, num_classes=getattr(datamodule, "num_classes", 0))
     check_shapes(module, datamodule)
 
@@ -155,8 +225,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Lightning refuses a progress-bar callback when the bar is disabled.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    plugins = [instantiate(plugin) for plugin in cfg.trainer.get("plugins") or []]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())  # a kill mid-save never leaves a half file
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        plugins=plugins,
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=str(run_dir),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -56,9 +57,9 @@ def test_a_run_writes_everything_into_its_run_directory_and_resumes(tmp_path: Pa
     out = tmp_path / "samples.pt"
     completed = cli(
         tmp_path,
-        f"ckpt={second}/checkpoints/last.ckpt",
-        "n=300",
-        f"out={out}",
+        f"{second}/checkpoints/last.ckpt",
+        "--n=300",
+        f"--out={out}",
         module="gan_template.sample",
     )
     samples = torch.load(out)
@@ -89,3 +90,52 @@ def test_ckpt_path_last_resumes_the_run_in_the_same_directory(tmp_path: Path) ->
     with open(run_dir / "metrics.csv") as f:  # the first segment's logs are kept, not overwritten
         steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/g_loss")]
     assert steps == [10, 20, 30]
+
+
+SAMPLE_ERRORS = [
+    # (arguments after the checkpoint, message fragment); every one exits with status 2
+    (["--n", "abc"], "argument --n: invalid integer >= 1 value: 'abc'"),
+    (["--n", "2.5"], "argument --n: invalid integer >= 1 value: '2.5'"),
+    (["--n", "0"], "argument --n: invalid integer >= 1 value: '0'"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (["--out", "{tmp}"], "is a folder; give a file name such as"),
+    (["--device", "tpu9"], "--device tpu9 cannot be used here"),
+    (["--ema", "maybe"], "unrecognized arguments: --ema maybe"),
+]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"), SAMPLE_ERRORS, ids=[" ".join(a) for a, _ in SAMPLE_ERRORS]
+)
+def test_sampling_cli_refuses_bad_arguments_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    from gan_template.sample import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["some.ckpt", *(a.replace("{tmp}", str(tmp_path)) for a in arguments)])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"], ids=["empty", "junk"])
+def test_sampling_from_a_file_that_is_not_a_checkpoint_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    from gan_template.sample import main
+
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit) as exited:
+        main([str(path)])
+    assert exited.value.code == 2
+    assert f"{path} is damaged and cannot be loaded" in capsys.readouterr().err
+
+
+def test_sampling_cli_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    from gan_template.sample import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    assert "--no-ema" in capsys.readouterr().out

@@ -154,3 +154,69 @@ def test_digits_are_embedded_labelled_and_in_range() -> None:
     module = ImageDataModule("digits", resolution=16, channels=1, batch_size=16)
     check_batch(*batch_of(module), channels=1)
     assert len(module.dataset) == 1797 and module.num_classes == 10
+
+
+def test_sixteen_bit_images_are_scaled_by_bit_depth_not_clipped(tmp_path: Path) -> None:
+    folder = tmp_path / "images" / "scans"
+    folder.mkdir(parents=True)
+    gradient = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    for i in range(16):
+        Image.fromarray(gradient).save(folder / f"{i}.png")  # a 16-bit greyscale PNG
+    for channels in (1, 3):
+        module = ImageDataModule(
+            "folder", root=str(tmp_path / "images"), resolution=16, channels=channels, batch_size=16
+        )
+        images, _ = batch_of(module)
+        expected = torch.from_numpy(np.round(gradient / 257) / 255 * 2 - 1).float()
+        torch.testing.assert_close(images[0, 0], expected, atol=1e-5, rtol=0)
+        assert (images == 1.0).float().mean() < 0.01  # not clipped to white
+
+
+def test_a_truncated_jpeg_is_skipped_at_start_up_and_named(tmp_path: Path) -> None:
+    folder = tmp_path / "images" / "photos"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        Image.fromarray(random_images(rng, (1, 32, 32, 3))[0]).save(folder / f"{i}.jpg")
+    whole = (folder / "0.jpg").read_bytes()
+    (folder / "0.jpg").write_bytes(whole[: len(whole) // 2])  # its header still verifies
+    module = ImageDataModule(
+        "folder", root=str(tmp_path / "images"), resolution=16, channels=3, batch_size=16
+    )
+    with pytest.warns(UserWarning, match=r"skipping 1 unreadable image file.*0\.jpg"):
+        module.setup("fit")
+    assert len(module.dataset) == 19
+    check_batch(*batch_of(module), channels=3)
+
+
+def test_without_the_start_up_check_a_bad_file_stops_with_its_name(tmp_path: Path) -> None:
+    from gan_template.errors import DataError
+
+    folder = tmp_path / "images" / "photos"
+    folder.mkdir(parents=True)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    module = ImageDataModule(
+        "folder", root=str(tmp_path / "images"), resolution=16, channels=3, verify_images=False
+    )
+    module.setup("fit")
+    with pytest.raises(DataError, match=r"broken\.jpg: cannot be decoded"):
+        module.dataset[0]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_folders_load_in_spawned_workers(tmp_path: Path, channels: int) -> None:
+    # spawn/forkserver (macOS, Windows, Python 3.14 on Linux) pickle the dataset and transform.
+    folder = tmp_path / "images" / "a"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(random_images(rng, (1, 20, 20, 3))[0]).save(folder / f"{i}.png")
+    module = ImageDataModule(
+        "folder", root=str(tmp_path / "images"), resolution=16, channels=channels, batch_size=4
+    )
+    module.setup("fit")
+    loader = torch.utils.data.DataLoader(
+        module.dataset, batch_size=4, num_workers=1, multiprocessing_context="spawn"
+    )
+    images, labels = next(iter(loader))
+    assert images.shape == (4, channels, 16, 16) and labels.tolist() == [0, 0, 0, 0]

@@ -56,3 +56,55 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
         expected["loops"]["fit_loop"]["epoch_progress"]
         == actual["loops"]["fit_loop"]["epoch_progress"]
     )
+
+
+def test_a_learning_rate_changed_on_resume_is_applied_and_stored(
+    make_config, tmp_path: Path
+) -> None:
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    common = ["experiment=ring", "callbacks.toy_eval.every_n_iterations=0"]
+    run(make_config(*common, "train.iterations=3", run_dir=first))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    result = run(
+        make_config(
+            *common,
+            "train.iterations=5",
+            f"ckpt_path={ckpt}",
+            "optim.generator.lr=0.05",
+            "optim.discriminator.lr=0.01",
+            run_dir=resumed,
+        )
+    )
+    optimizer_g, optimizer_d = (o.optimizer for o in result["module"].optimizers())
+    assert optimizer_g.param_groups[0]["lr"] == 0.05
+    assert optimizer_d.param_groups[0]["lr"] == 0.01
+    saved = last_checkpoint(resumed)  # what the new checkpoint says is what ran
+    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == 0.05
+    assert saved["hyper_parameters"]["run_config"]["optim"]["generator"]["lr"] == 0.05
+
+
+def test_resuming_with_other_network_shapes_names_the_keys_and_the_checkpoint_values(
+    make_config, tmp_path: Path
+) -> None:
+    from gan_template.errors import ConfigError
+
+    first = tmp_path / "first"
+    common = ["experiment=ring", "callbacks.toy_eval.every_n_iterations=0"]
+    run(make_config(*common, "train.iterations=2", run_dir=first))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError) as refused:
+        run(
+            make_config(
+                *common,
+                "train.iterations=4",
+                f"ckpt_path={ckpt}",
+                "model.generator.hidden_dim=64",
+                "model.generator.latent_dim=3",
+                "train.n_critic=2",  # allowed: not a shape
+                run_dir=tmp_path / "resumed",
+            )
+        )
+    message = str(refused.value)
+    assert "model.generator.hidden_dim=128 in the checkpoint, 64 now" in message
+    assert "model.generator.latent_dim=2 in the checkpoint, 3 now" in message
+    assert "n_critic" not in message

@@ -22,8 +22,9 @@ def test_run_stops_after_exactly_n_generator_updates(make_config, n_critic: int)
     assert module.iteration == 7
     assert len(recorder.outputs) == 8  # 7 updates + 1 skipped attempt
     assert module.discriminator_updates == 7 * n_critic
-    # Lightning's global_step counted every optimizer step instead (DESIGN.md fact 1).
-    assert trainer.global_step == 7 * (n_critic + 1)
+    # Lightning's global_step counted every optimizer step instead (DESIGN.md fact 1),
+    # the no-op steps of the skipped attempt included (update.py).
+    assert trainer.global_step == 8 * (n_critic + 1)
 
 
 def test_logs_are_indexed_by_iteration(make_config) -> None:

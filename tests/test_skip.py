@@ -107,3 +107,23 @@ def test_nonfinite_gradient_skips_the_update_and_keeps_weights_finite(make_confi
     assert [bool(o) for o in recorder.outputs] == [True, True, False, True, True]
     assert dict(module.skip_rule.counts) == {"nonfinite_gradient": 1}
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_too_many_skips_ends_the_command_with_its_message_alone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "gan_template", "experiment=ring", "train.iterations=10",
+         "skip.inject_nonfinite_at=[2]", "skip.max_consecutive=1",
+         "callbacks.toy_eval.every_n_iterations=0", "trainer.enable_progress_bar=false",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 3  # documented in the README
+    assert "Traceback" not in completed.stderr
+    assert "gan_template: error: stopped after 1 consecutive skipped iterations at iteration 2" in (
+        completed.stderr
+    )
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["gan_template"]["iteration"] == 2

@@ -8,7 +8,6 @@ mean "every K iterations". This callback counts the module's ``iteration``.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gan_template.callbacks.periodic import is_due
+from gan_template.checkpoint_io import copy_atomically
 from gan_template.module import as_gan_module
 from gan_template.skip import TooManySkips
 
@@ -41,13 +41,17 @@ class IterationCheckpoint(Callback):
         self.dirpath = dirpath
         self.keep_last_n = keep_last_n
         self.last_saved_iteration = -1
-        self.saved: list[str] = []
 
     def directory(self, trainer: L.Trainer) -> Path:
         return Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
 
     def last_path(self, trainer: L.Trainer) -> Path:
         return self.directory(trainer) / "last.ckpt"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:  # temporary files of saves a kill interrupted
+            for leftover in self.directory(trainer).glob(".*.ckpt.*.tmp"):
+                leftover.unlink(missing_ok=True)
 
     def on_train_batch_end(
         self,
@@ -99,22 +103,37 @@ class IterationCheckpoint(Callback):
             )
 
     def _save(self, trainer: L.Trainer, iteration: int, numbered: bool) -> None:
-        directory = self.directory(trainer)
+        """Write a checkpoint (atomically: ``checkpoint_io.py``) and prune old numbered ones."""
         self.last_saved_iteration = iteration
+        last = self.last_path(trainer)
         if not numbered:
-            trainer.save_checkpoint(self.last_path(trainer), weights_only=False)
+            trainer.save_checkpoint(last, weights_only=False)
             return
-        path = directory / f"iter{iteration:07d}.ckpt"
-        self.saved.append(str(path))
+        path = self.directory(trainer) / f"iter{iteration:07d}.ckpt"
         trainer.save_checkpoint(path, weights_only=False)
         if trainer.is_global_zero:  # the same file twice: copy rather than serialise again
-            shutil.copyfile(path, self.last_path(trainer))
-            if self.keep_last_n and len(self.saved) > self.keep_last_n:
-                Path(self.saved.pop(0)).unlink(missing_ok=True)
+            copy_atomically(path, last)
+            self._prune(path.parent, iteration)
+
+    def _prune(self, directory: Path, iteration: int) -> None:
+        """Keep the newest ``keep_last_n`` numbered checkpoints up to ``iteration``.
+
+        Read from the folder, not remembered, so resumes and crashes leak
+        nothing. Checkpoints of later iterations (a run resumed from an older
+        one) are left alone: they are the user's to keep or delete.
+        """
+        if not self.keep_last_n:
+            return
+        numbered = sorted(
+            path
+            for path in directory.glob("iter*.ckpt")
+            if path.stem[4:].isdigit() and int(path.stem[4:]) <= iteration
+        )
+        for path in numbered[: -self.keep_last_n]:
+            path.unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_saved_iteration": self.last_saved_iteration, "saved": list(self.saved)}
+        return {"last_saved_iteration": self.last_saved_iteration}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_saved_iteration = state_dict["last_saved_iteration"]
-        self.saved = list(state_dict["saved"])

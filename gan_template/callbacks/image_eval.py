@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
 from gan_template import nets
@@ -24,7 +25,6 @@ from gan_template.metrics.images import (
     to_unit_range,
 )
 from gan_template.module import GANModule, as_gan_module
-from gan_template.resume import isolated_rng
 
 
 def default_cache_dir() -> Path:
@@ -130,7 +130,7 @@ class ImageQualityEvaluation(EveryNIterations):
         return nets.generate(pl_module.sampling_generator, noise, conditioning, chunk_size=250)
 
     @torch.no_grad()
-    @isolated_rng()
+    @isolate_rng()  # metrics draw (KID subsets, noise) without moving training's streams
     def evaluate(self, trainer: L.Trainer, pl_module: GANModule) -> dict[str, float]:
         self._prepare(trainer)
         assert self._real is not None and self._extractor is not None

@@ -8,13 +8,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
 
 from gan_template import nets
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.logs import log_at_iteration
 from gan_template.metrics.toy import ModeCoverage, mode_coverage
 from gan_template.module import GANModule, as_gan_module
-from gan_template.resume import isolated_rng
 
 
 class ToyMixtureEvaluation(EveryNIterations):
@@ -62,7 +62,7 @@ class ToyMixtureEvaluation(EveryNIterations):
             )
 
     @torch.no_grad()
-    @isolated_rng()
+    @isolate_rng()  # metrics draw (KID subsets, noise) without moving training's streams
     def evaluate(self, trainer: L.Trainer, pl_module: GANModule) -> ModeCoverage:
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
         rng = torch.Generator().manual_seed(self.seed)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -44,6 +45,49 @@ def load_digits_tensor(resolution: int, channels: int) -> tuple[Tensor, Tensor]:
     images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True)
     images = images.clamp(0, 1).mul(2).sub(1).expand(-1, channels, -1, -1).contiguous()
     return images, torch.as_tensor(digits.target, dtype=torch.long)
+
+
+#: Pillow modes of 16-bit images, read as 0..65535 (and "I", which 16-bit PNGs may open as).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def load_image(path: str) -> Any:
+    """Open and decode an image file; 16-bit images are scaled to 8 bits, not clipped.
+
+    Pillow's own conversion of a 16-bit image to ``L``/``RGB`` clips every value
+    above 255 (nearly all of them) to white. Decoding here, not lazily, makes a
+    truncated file fail now, with its name, rather than inside a loader worker.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in SIXTEEN_BIT_MODES:
+                array = np.asarray(image, dtype=np.float64)
+                return Image.fromarray(np.round(array.clip(0, 65535) / 257).astype(np.uint8))
+            return image.copy()
+    except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises for broken files
+        raise DataError(f"{path}: cannot be decoded as an image ({error})") from error
+
+
+class DecodableImage:
+    """``ImageFolder``'s ``is_valid_file``: an image file that decodes; remembers those that do not."""
+
+    def __init__(self) -> None:
+        self.unreadable: list[str] = []
+
+    def __call__(self, path: str) -> bool:
+        from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+        if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+            return False
+        try:
+            load_image(path)
+        except DataError:
+            self.unreadable.append(path)
+            return False
+        return True
 
 
 class _WithoutLabels(Dataset):
@@ -72,10 +116,11 @@ class ImageDataModule(L.LightningDataModule):
         download: let torchvision download the dataset into ``root`` (needs internet).
         num_workers, pin_memory: DataLoader settings for file-backed datasets.
         data_seed: seed of the shuffling order.
-        verify_images: for ``folder``, open every file once at start-up: unreadable
-            ones are skipped with a warning naming them (an error if more than
-            ``MAX_UNREADABLE_FRACTION`` of the folder), instead of crashing a
-            worker mid-run.
+        verify_images: for ``folder``, decode every file once at start-up: unreadable
+            ones (corrupt, truncated) are skipped with a warning naming them (an
+            error if more than ``MAX_UNREADABLE_FRACTION`` of the folder), instead
+            of stopping a loader worker mid-run. Off: a bad file stops the run
+            when it is drawn, with its name.
     """
 
     def __init__(
@@ -136,13 +181,13 @@ class ImageDataModule(L.LightningDataModule):
 
     def transform(self) -> Any:
         from torchvision import transforms as T
+        from torchvision.transforms import v2
 
-        convert = (
-            T.Grayscale(1) if self.channels == 1 else T.Lambda(lambda image: image.convert("RGB"))
-        )
+        # Library transforms only: a lambda here cannot be pickled into loader
+        # workers under spawn/forkserver (macOS, Windows, Python 3.14's Linux default).
         return T.Compose(
             [
-                convert,
+                T.Grayscale(1) if self.channels == 1 else v2.RGB(),
                 T.Resize(self.resolution, antialias=True),
                 T.CenterCrop(self.resolution),
                 T.ToTensor(),
@@ -179,47 +224,40 @@ class ImageDataModule(L.LightningDataModule):
                 f"data.root={self.root} does not exist; set data.root to a folder of images "
                 "laid out as <root>/<class name>/<image file> (one subfolder is fine)"
             )
+        checker = DecodableImage() if self.verify_images else None
         try:
-            dataset = ImageFolder(str(self.root), transform=self.transform())
+            dataset = ImageFolder(
+                str(self.root), transform=self.transform(), loader=load_image, is_valid_file=checker
+            )
         except FileNotFoundError as error:
-            raise DataError(
-                f"data.root={self.root} holds no images in class subfolders ({error}); put the "
-                "images in <root>/<class name>/ (jpg, png, ...)"
-            ) from error
+            if checker is None or not checker.unreadable:
+                raise DataError(
+                    f"data.root={self.root} holds no images in class subfolders ({error}); put "
+                    "the images in <root>/<class name>/ (jpg, png, ...)"
+                ) from error
+            dataset = None
+        unreadable = checker.unreadable if checker is not None else []
+        total = len(unreadable) + (len(dataset.samples) if dataset is not None else 0)
+        if unreadable:
+            self._report_unreadable(unreadable, total)
+        assert dataset is not None
         self.num_classes = len(dataset.classes)
-        if self.verify_images:
-            self._drop_unreadable(dataset)
         return dataset
 
-    def _drop_unreadable(self, dataset: Any) -> None:
-        from PIL import Image
-
-        unreadable = []
-        for path, _ in dataset.samples:
-            try:
-                with Image.open(path) as image:
-                    image.verify()
-            except Exception:  # PIL raises many types for broken files
-                unreadable.append(path)
-        if not unreadable:
-            return
+    def _report_unreadable(self, unreadable: list[str], total: int) -> None:
         names = ", ".join(unreadable[:10]) + (
             f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
         )
-        if len(unreadable) > MAX_UNREADABLE_FRACTION * len(dataset.samples):
+        if len(unreadable) > MAX_UNREADABLE_FRACTION * total:
             raise DataError(
-                f"data.root={self.root}: {len(unreadable)} of {len(dataset.samples)} image files cannot be "
+                f"data.root={self.root}: {len(unreadable)} of {total} image files cannot be "
                 f"read ({names}); fix or remove them, or point data.root at the right folder"
             )
         warnings.warn(
             f"skipping {len(unreadable)} unreadable image file(s) under data.root={self.root}: {names}",
-            stacklevel=2,
+            stacklevel=3,
         )
         self.unreadable_files = unreadable
-        bad = set(unreadable)
-        dataset.samples = [sample for sample in dataset.samples if sample[0] not in bad]
-        dataset.imgs = dataset.samples
-        dataset.targets = [label for _, label in dataset.samples]
 
     # ---- serving it ---------------------------------------------------------------------
 

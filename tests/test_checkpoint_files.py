@@ -1,0 +1,147 @@
+"""Checkpoint files survive kills and full disks, and a damaged one is named with its fix."""
+
+from __future__ import annotations
+
+import errno
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import pytest
+import torch
+
+from gan_template.checkpoint_io import (
+    CheckpointWriteError,
+    DamagedCheckpointError,
+    check_readable,
+    write_atomically,
+)
+
+# Saves dominate these runs: ~10 MB checkpoints after every iteration of a cheap toy step.
+SAVING_ALL_THE_TIME = [
+    "experiment=ring",
+    "model.generator.hidden_dim=512",
+    "model.discriminator.hidden_dim=512",
+    "callbacks.checkpoint.every_n_iterations=1",
+    "callbacks.checkpoint.keep_last_n=2",
+    "callbacks.toy_eval.every_n_iterations=0",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def gan_template(run_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "gan_template", *SAVING_ALL_THE_TIME, *overrides,
+            f"hydra.run.dir={run_dir}"]  # fmt: skip
+
+
+def test_kills_at_random_moments_of_saving_never_leave_an_unloadable_checkpoint(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints"
+    rng = random.Random(0)
+    for attempt in range(4):
+        resume = ["ckpt_path=last"] if attempt else []
+        process = subprocess.Popen(
+            gan_template(run_dir, "train.iterations=1000000", *resume),
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            started = {p.name for p in checkpoints.glob("iter*.ckpt")}
+            while len({p.name for p in checkpoints.glob("iter*.ckpt")} - started) < 2:
+                assert process.poll() is None, process.communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "no checkpoints were written"
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.0))
+            process.send_signal(signal.SIGKILL)
+            process.communicate(timeout=60)
+        finally:
+            process.kill()
+        for path in [checkpoints / "last.ckpt", *checkpoints.glob("iter*.ckpt")]:
+            state = torch.load(path, weights_only=False, map_location="cpu")
+            assert state["gan_template"]["iteration"] > 0, path
+        numbered = sorted(checkpoints.glob("iter*.ckpt"))
+        assert len(numbered) <= 2 + 1, numbered  # keep_last_n, plus one a kill may leave
+
+    # The killed run finishes from last.ckpt, and a resume leaks no numbered files.
+    stopped_at = torch.load(checkpoints / "last.ckpt", weights_only=False)["gan_template"]
+    finish = stopped_at["iteration"] + 3
+    completed = subprocess.run(
+        gan_template(run_dir, f"train.iterations={finish}", "ckpt_path=last"),
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (
+        torch.load(checkpoints / "last.ckpt", weights_only=False)["gan_template"]["iteration"]
+        == finish
+    )
+    assert len(list(checkpoints.glob("iter*.ckpt"))) == 2
+    assert not list(checkpoints.glob(".*.tmp"))  # leftovers of killed saves are cleared
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    intact = tmp_path / "checkpoints" / "iter0000010.ckpt"
+    write_atomically(target, lambda file: torch.save({"iteration": 10}, file))
+    write_atomically(intact, lambda file: torch.save({"iteration": 10}, file))
+
+    def disk_fills_up(file: IO[bytes]) -> None:
+        file.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CheckpointWriteError) as raised:
+        write_atomically(target, disk_fills_up)
+    message = str(raised.value)
+    assert "No space left on device" in message and str(target) in message
+    assert f"ckpt_path={intact}" in message
+    assert torch.load(target)["iteration"] == 10  # the old file, untouched
+    assert sorted(p.name for p in target.parent.iterdir()) == ["iter0000010.ckpt", "last.ckpt"]
+
+
+@pytest.mark.parametrize("damage", ["half", "random bytes", "empty"])
+def test_a_damaged_checkpoint_is_named_with_the_newest_intact_one(
+    tmp_path: Path, damage: str
+) -> None:
+    folder = tmp_path / "checkpoints"
+    for iteration in (10, 20):
+        write_atomically(
+            folder / f"iter{iteration:07d}.ckpt", lambda f: torch.save({"w": torch.ones(1000)}, f)
+        )
+    whole = (folder / "iter0000020.ckpt").read_bytes()
+    content = {
+        "half": whole[: len(whole) // 2],
+        "random bytes": random.Random(0).randbytes(len(whole)),
+        "empty": b"",
+    }[damage]
+    (folder / "last.ckpt").write_bytes(content)
+    with pytest.raises(DamagedCheckpointError) as raised:
+        check_readable(folder / "last.ckpt")
+    message = str(raised.value)
+    assert f"{folder / 'last.ckpt'} is damaged" in message
+    assert f"ckpt_path={folder / 'iter0000020.ckpt'}" in message
+    check_readable(folder / "iter0000020.ckpt")  # an intact one passes
+
+
+def test_resuming_from_a_damaged_last_ckpt_says_which_checkpoint_to_use(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = subprocess.run(
+        gan_template(run_dir, "train.iterations=4", "model.generator.hidden_dim=16",
+                     "model.discriminator.hidden_dim=16"),
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    resumed = subprocess.run(
+        gan_template(run_dir, "train.iterations=8", "ckpt_path=last"),
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 2
+    assert "Traceback" not in resumed.stderr
+    assert f"{last} is damaged" in resumed.stderr
+    assert f"ckpt_path={run_dir / 'checkpoints' / 'iter0000004.ckpt'}" in resumed.stderr
