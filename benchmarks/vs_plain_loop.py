@@ -177,22 +177,9 @@ class Clock:
 
 
 def run_template(cfg: Any, warmup: int, clock: Clock) -> dict[str, float]:
-    import lightning as L
-
     from gan_template.train import train
 
-    original = L.Trainer.__init__
-
-    def with_clock(
-        self: L.Trainer, *args: Any, callbacks: list | None = None, **kwargs: Any
-    ) -> None:
-        original(self, *args, callbacks=[*(callbacks or []), clock.callback()], **kwargs)
-
-    L.Trainer.__init__ = with_clock  # type: ignore[method-assign]
-    try:
-        train(cfg)
-    finally:
-        L.Trainer.__init__ = original  # type: ignore[method-assign]
+    train(cfg, extra_callbacks=[clock.callback()])
     return clock.result(warmup)
 
 
@@ -414,8 +401,8 @@ def measure(kind: str, args: argparse.Namespace, count_syncs: bool = False) -> d
 
     import torch
 
+    from gan_template.environment import avoid_per_step_gpu_probing
     from gan_template.host_syncs import HostSyncCounter
-    from gan_template.train import avoid_per_step_gpu_probing
 
     # `import lightning` (which every kind does, through gan_template) makes torch
     # probe NVML on every Adam.step of a GPU-less machine; train() turns that off,

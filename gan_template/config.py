@@ -27,6 +27,7 @@ from hydra.utils import get_method
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from gan_template.augment import POLICIES
 from gan_template.errors import ConfigError
 from gan_template.losses import LOSSES
 from gan_template.penalties import PENALTIES
@@ -84,11 +85,22 @@ class LossConfig:
 @dataclass
 class PenaltyConfig:
     name: str = "none"
-    """none, gradient_penalty or r1."""
+    """none, gradient_penalty, r1, r2 or r1_r2."""
     weight: float = 0.0
     """Multiplier of the penalty (WGAN-GP's lambda; R1: gamma / 2)."""
     interval: int = 1
     """Apply it every k-th discriminator update (lazy regularisation), scaled by k."""
+
+
+@dataclass
+class AugmentConfig:
+    policy: str = ""
+    """DiffAugment policies applied before every discriminator call, e.g.
+    color,translation,cutout; empty: no augmentation (gan_template/augment.py)."""
+    translation_ratio: float = 0.125
+    """Largest shift, as a fraction of the image size."""
+    cutout_ratio: float = 0.5
+    """Side of the cut-out square, as a fraction of the image size."""
 
 
 @dataclass
@@ -109,6 +121,7 @@ class RunConfig:
     # Groups and sections with a fixed shape.
     loss: LossConfig = field(default_factory=LossConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     skip: SkipConfig = field(default_factory=SkipConfig)
@@ -156,6 +169,19 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.penalty.name in penalties, "penalty.name", f"must be one of {penalties}")
     need(cfg.penalty.weight >= 0, "penalty.weight", "must be >= 0")
     need(cfg.penalty.interval >= 1, "penalty.interval", "must be >= 1")
+    policies = [name.strip() for name in cfg.augment.policy.split(",") if name.strip()]
+    need(
+        all(name in POLICIES for name in policies),
+        "augment.policy",
+        f"must be empty or comma-separated names from {sorted(POLICIES)}",
+    )
+    need(0 <= cfg.augment.translation_ratio < 1, "augment.translation_ratio", "must be in [0, 1)")
+    need(0 < cfg.augment.cutout_ratio < 1, "augment.cutout_ratio", "must be in (0, 1)")
+    need(
+        not policies or cfg.data.get("resolution") is not None,
+        "augment.policy",
+        "augments images; this data has none (toy data: augment=none)",
+    )
     need(
         cfg.skip.max_consecutive >= 0, "skip.max_consecutive", "must be >= 0 (0 disables the limit)"
     )

@@ -11,11 +11,10 @@ keys its schedule on ``global_step`` parity, which is wrong for a GAN.
 
 BatchNorm: the running statistics a generator collects describe *its* weights'
 activations, not those of their average. Sampling the EMA generator in eval
-mode with the raw generator's statistics puts samples between the modes (toy
-grid, seed 0: 47 % high-quality samples; 75 % with statistics of its own from
-16,384 samples), so samples come from a copy whose statistics are re-estimated
-from its own forward passes (:func:`recompute_batch_norm`), as SWA does for
-averaged weights.
+mode with the raw generator's statistics puts samples between the modes (the
+README's toy benchmark shows by how much), so samples come from a copy whose
+statistics are re-estimated from its own forward passes
+(:func:`recompute_batch_norm`), as SWA does for averaged weights.
 """
 
 from __future__ import annotations
@@ -103,11 +102,11 @@ class GeneratorEMA(nn.Module):
     ) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema.decay={decay} must be in [0, 1)")
+            raise ValueError(f"decay={decay} must be in [0, 1)")
         if rampup is not None and rampup <= 0:
-            raise ValueError(f"ema.rampup={rampup} must be > 0 (or null to disable the ramp)")
+            raise ValueError(f"rampup={rampup} must be > 0 (or None: no ramp)")
         if batch_norm_samples < 0:
-            raise ValueError(f"ema.batch_norm_samples={batch_norm_samples} must be >= 0")
+            raise ValueError(f"batch_norm_samples={batch_norm_samples} must be >= 0")
         self.decay = decay
         self.rampup = rampup
         self.batch_norm_samples = batch_norm_samples

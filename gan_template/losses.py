@@ -1,8 +1,9 @@
 """Adversarial losses as pure functions of discriminator outputs.
 
-Each loss is a pair: the discriminator's loss given its outputs on real and fake
-samples, and the generator's loss given the discriminator's outputs on fake
-samples. Both return a scalar (mean over the batch). Nothing here knows about
+Each loss is a pair: the discriminator's loss given its outputs (logits) on
+real and fake samples, and the generator's loss given its outputs on fake
+samples (and, for relativistic losses, on the real ones: ``pairs_real_and_fake``).
+Both return a scalar (mean over the batch). Nothing here knows about
 optimizers, Lightning or Hydra, so every loss can be checked by hand.
 """
 
@@ -21,8 +22,10 @@ class AdversarialLoss:
     """A discriminator loss and the generator loss it is paired with."""
 
     name: str
-    discriminator: Callable[[Tensor, Tensor], Tensor]
-    generator: Callable[[Tensor], Tensor]
+    discriminator_loss: Callable[[Tensor, Tensor], Tensor]
+    generator_loss: Callable[[Tensor, Tensor | None], Tensor]
+    pairs_real_and_fake: bool = False
+    """The generator's loss reads D(real) too: the G update needs a D forward on real data."""
 
 
 def non_saturating_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -30,7 +33,7 @@ def non_saturating_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
-def non_saturating_g(fake_logits: Tensor) -> Tensor:
+def non_saturating_g(fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
     """-log D(G(z)): the non-saturating generator loss of Goodfellow et al. (2014), section 3."""
     return F.softplus(-fake_logits).mean()
 
@@ -40,7 +43,7 @@ def hinge_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
 
 
-def hinge_g(fake_logits: Tensor) -> Tensor:
+def hinge_g(fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
     """-D(G(z)): the generator side of the hinge loss."""
     return -fake_logits.mean()
 
@@ -50,7 +53,7 @@ def wasserstein_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return fake_logits.mean() - real_logits.mean()
 
 
-def wasserstein_g(fake_logits: Tensor) -> Tensor:
+def wasserstein_g(fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
     """-D(G(z))."""
     return -fake_logits.mean()
 
@@ -60,9 +63,26 @@ def least_squares_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return 0.5 * ((real_logits - 1.0).pow(2).mean() + fake_logits.pow(2).mean())
 
 
-def least_squares_g(fake_logits: Tensor) -> Tensor:
+def least_squares_g(fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
     """(D(G(z)) - 1)^2 / 2, the generator target c=1."""
     return 0.5 * (fake_logits - 1.0).pow(2).mean()
+
+
+def relativistic_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """softplus(D(G(z)) - D(x)) on paired samples: the relativistic pairing GAN (RpGAN).
+
+    Jolicoeur-Martineau (2019), "relativistic standard GAN"; Huang et al. (2024,
+    R3GAN) show it, with R1 and R2, trains without the usual tricks. Real and
+    fake batches are paired by position, so they must have the same size.
+    """
+    return F.softplus(fake_logits - real_logits).mean()
+
+
+def relativistic_g(fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+    """softplus(D(x) - D(G(z))): the generator side of RpGAN, on the same pairs."""
+    if real_logits is None:
+        raise ValueError("the relativistic generator loss needs the discriminator's real logits")
+    return F.softplus(real_logits - fake_logits).mean()
 
 
 LOSSES: dict[str, AdversarialLoss] = {
@@ -72,6 +92,7 @@ LOSSES: dict[str, AdversarialLoss] = {
         AdversarialLoss("hinge", hinge_d, hinge_g),
         AdversarialLoss("wasserstein", wasserstein_d, wasserstein_g),
         AdversarialLoss("least_squares", least_squares_d, least_squares_g),
+        AdversarialLoss("relativistic", relativistic_d, relativistic_g, pairs_real_and_fake=True),
     )
 }
 
@@ -81,9 +102,7 @@ def get_loss(name: str) -> AdversarialLoss:
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(
-            f"loss.name={name!r} is not a known loss; choose one of {sorted(LOSSES)}"
-        ) from None
+        raise ValueError(f"loss {name!r} is not known; choose one of {sorted(LOSSES)}") from None
 
 
 @torch.no_grad()  # metrics only: no autograd bookkeeping for them

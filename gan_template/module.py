@@ -81,6 +81,8 @@ class GANModule(L.LightningModule):
         penalty: discriminator penalty name (``penalties.PENALTIES``) or None.
         penalty_weight: multiplier of the penalty (WGAN-GP's lambda; R1's gamma/2).
         schedule: n_critic and the lazy penalty interval.
+        augment: applied to real and generated images before every discriminator
+            call (``augment.py``: DiffAugment); None: no augmentation.
         skip_rule: what flags an update and skips its iteration (``skip.py``).
         gradient_clip_norm: clip each update's gradient norm (unscaled units) to this; None: off.
         ema_decay: generator EMA decay in [0, 1); None disables the EMA.
@@ -109,6 +111,7 @@ class GANModule(L.LightningModule):
         penalty: str | None = None,
         penalty_weight: float = 10.0,
         schedule: StepSchedule | None = None,
+        augment: Callable[[Tensor], Tensor] | None = None,
         skip_rule: SkipRule | None = None,
         gradient_clip_norm: float | None = None,
         ema_decay: float | None = 0.999,
@@ -132,15 +135,16 @@ class GANModule(L.LightningModule):
             if ema_decay is not None
             else None
         )
-        self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
-        self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
+        self.make_optimizer_g, self.make_optimizer_d = optimizer_g, optimizer_d
+        self.make_scheduler_g, self.make_scheduler_d = scheduler_g, scheduler_d
         self.adversarial_loss = get_loss(loss)
         self.penalty = get_penalty(penalty)
         self.penalty_weight = penalty_weight
         self.schedule = schedule or StepSchedule()
+        self.augment = augment
         self.updates = Updates(skip_rule or SkipRule(max_consecutive=20), gradient_clip_norm)
         if max_iterations is not None and max_iterations < 1:
-            raise ValueError(f"train.iterations={max_iterations} must be >= 1")
+            raise ValueError(f"max_iterations={max_iterations} must be >= 1 (or None)")
         self.max_iterations = max_iterations
         self.compile_networks = compile_networks
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -175,7 +179,7 @@ class GANModule(L.LightningModule):
         metrics |= self.discriminator_step(
             optimizer_d, real_last, fake.detach(), labels_last, len(earlier)
         )
-        metrics |= self.generator_step(optimizer_g, fake, labels_last)
+        metrics |= self.generator_step(optimizer_g, fake, labels_last, real_last)
         if self.updates.end_iteration() is not None:  # the iteration's one host sync
             return None
         self._advance()
@@ -209,24 +213,33 @@ class GANModule(L.LightningModule):
         No parameters need freezing: ``fake`` is detached, so the generator is
         not in this graph.
         """
-        real_logits = self.critic(real, labels)
-        fake_logits = self.critic(fake, labels)
-        loss = self.adversarial_loss.discriminator(real_logits, fake_logits)
+        real, fake = self.augmented(real), self.augmented(fake)  # the penalties see them too
+        real_logits = self.discriminate(real, labels)
+        fake_logits = self.discriminate(fake, labels)
+        loss = self.adversarial_loss.discriminator_loss(real_logits, fake_logits)
         metrics = {"d_loss": loss, **discriminator_statistics(real_logits, fake_logits)}
         total = loss
         if self.penalty is not None and self.schedule.penalty_due(self.discriminator_updates + k):
-            penalty = self.penalty(partial(self.critic, labels=labels), real, fake)
+            penalty = self.penalty(partial(self.discriminate, labels=labels), real, fake)
             metrics["d_penalty"] = penalty
             total = total + self.penalty_weight * self.schedule.penalty_scale * penalty
         metrics["d_grad_norm"] = self.updates.apply(optimizer, total, metrics)
         return {name: value.detach() for name, value in metrics.items()}
 
     def generator_step(
-        self, optimizer: LightningOptimizer, fake: Tensor, labels: Tensor | None
+        self, optimizer: LightningOptimizer, fake: Tensor, labels: Tensor | None, real: Tensor
     ) -> dict[str, Tensor]:
-        """One generator update through the (just updated) discriminator, which stays frozen."""
+        """One generator update through the (just updated) discriminator, which stays frozen.
+
+        ``real`` is read only by relativistic losses, which pair D(fake) with D(real).
+        """
+        real_logits = None
+        if self.adversarial_loss.pairs_real_and_fake:
+            with torch.no_grad():
+                real_logits = self.discriminate(self.augmented(real), labels)
         with frozen(self.discriminator):  # backward computes no discriminator weight gradients
-            loss = self.adversarial_loss.generator(self.critic(fake, labels))
+            fake_logits = self.discriminate(self.augmented(fake), labels)
+            loss = self.adversarial_loss.generator_loss(fake_logits, real_logits)
             metrics = {"g_loss": loss}
             metrics["g_grad_norm"] = self.updates.apply(optimizer, loss, metrics)
         return {name: value.detach() for name, value in metrics.items()}
@@ -255,7 +268,11 @@ class GANModule(L.LightningModule):
         label_batches = labels.chunk(n_critic) if labels is not None else [None] * n_critic
         return list(zip(real.chunk(n_critic), label_batches, strict=True))
 
-    def critic(self, samples: Tensor, labels: Tensor | None = None) -> Tensor:
+    def augmented(self, samples: Tensor) -> Tensor:
+        """``samples`` as the discriminator sees them: augmented when ``augment`` is set."""
+        return samples if self.augment is None else self.augment(samples)
+
+    def discriminate(self, samples: Tensor, labels: Tensor | None = None) -> Tensor:
         """The discriminator's logits, with labels when it is conditional."""
         return (
             self.discriminator(samples) if labels is None else self.discriminator(samples, labels)
@@ -325,7 +342,7 @@ class GANModule(L.LightningModule):
         schedulers = self._lr_schedulers()
         for name, factory, optimizer in zip(
             ("generator", "discriminator"),
-            (self.optimizer_g, self.optimizer_d),
+            (self.make_optimizer_g, self.make_optimizer_d),
             optimizers,
             strict=True,
         ):
@@ -392,13 +409,13 @@ class GANModule(L.LightningModule):
     # ---- optimizers and checkpoints --------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        optimizer_g = self.optimizer_g(self.generator.parameters())
-        optimizer_d = self.optimizer_d(self.discriminator.parameters())
+        optimizer_g = self.make_optimizer_g(self.generator.parameters())
+        optimizer_d = self.make_optimizer_d(self.discriminator.parameters())
         schedulers = [
             factory(optimizer)
             for factory, optimizer in (
-                (self.scheduler_g, optimizer_g),
-                (self.scheduler_d, optimizer_d),
+                (self.make_scheduler_g, optimizer_g),
+                (self.make_scheduler_d, optimizer_d),
             )
             if factory is not None
         ]

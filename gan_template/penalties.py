@@ -52,12 +52,24 @@ def r1_penalty(discriminator: Callable[..., Tensor], real: Tensor, *args: Tensor
     return gradient.pow(2).sum(dim=1).mean()
 
 
+def r2_penalty(discriminator: Callable[..., Tensor], fake: Tensor, *args: Tensor) -> Tensor:
+    """R2: E[||grad D(x)||_2^2] on generated samples (Mescheder et al., 2018).
+
+    R3GAN (Huang et al., 2024) uses it together with R1, at the same weight.
+    """
+    return r1_penalty(discriminator, fake, *args)
+
+
 #: ``penalty(discriminator, real, fake) -> scalar``, by config name.
 Penalty = Callable[[Callable[..., Tensor], Tensor, Tensor], Tensor]
 
 PENALTIES: dict[str, Penalty] = {
     "gradient_penalty": gradient_penalty,
     "r1": lambda discriminator, real, fake: r1_penalty(discriminator, real),
+    "r2": lambda discriminator, real, fake: r2_penalty(discriminator, fake),
+    "r1_r2": lambda discriminator, real, fake: (
+        r1_penalty(discriminator, real) + r2_penalty(discriminator, fake)
+    ),
 }
 
 
@@ -69,5 +81,5 @@ def get_penalty(name: str | None) -> Penalty | None:
         return PENALTIES[name]
     except KeyError:
         raise ValueError(
-            f"penalty.name={name!r} is not a known penalty; choose one of {['none', *sorted(PENALTIES)]}"
+            f"penalty {name!r} is not known; choose one of {['none', *sorted(PENALTIES)]}"
         ) from None

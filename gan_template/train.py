@@ -6,8 +6,7 @@ The only module besides ``__main__`` that knows about Hydra/OmegaConf.
 from __future__ import annotations
 
 import logging
-import os
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,13 +14,15 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gan_template import nets
+from gan_template.augment import DiffAugment
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable
 from gan_template.config import validate
+from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError
 from gan_template.module import GANModule
 from gan_template.resume import config_changes, shape_changes
@@ -29,10 +30,6 @@ from gan_template.schedule import StepSchedule
 from gan_template.skip import SkipRule
 
 log = logging.getLogger(__name__)
-
-# Lightning 2.6 calls a torch.utils._pytree API that newer torch deprecates; the
-# warning is Lightning's to fix and says nothing to users of this template.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
 def build_network(cfg: DictConfig, which: str, num_classes: int = 0) -> nn.Module:
@@ -63,6 +60,11 @@ def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
         penalty=cfg.penalty.name,
         penalty_weight=cfg.penalty.weight,
         schedule=StepSchedule(n_critic=cfg.train.n_critic, penalty_interval=cfg.penalty.interval),
+        augment=DiffAugment(
+            cfg.augment.policy, cfg.augment.translation_ratio, cfg.augment.cutout_ratio
+        )
+        if cfg.augment.policy
+        else None,
         skip_rule=SkipRule(
             max_consecutive=cfg.skip.max_consecutive,
             inject_nonfinite_at=cfg.skip.inject_nonfinite_at,
@@ -186,24 +188,11 @@ def check_resume(cfg: DictConfig, ckpt_path: str) -> None:
         log.info(f"resume: {key} changed from {old!r} (checkpoint) to {new!r}")
 
 
-def avoid_per_step_gpu_probing() -> None:
-    """Without a GPU, stop torch from probing NVML on every optimizer step.
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train a GAN as ``cfg`` describes; returns the final logged metrics and the run directory.
 
-    ``import lightning`` sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (so that
-    checking for GPUs does not initialise CUDA before a fork). With it, every
-    ``torch.cuda.is_available()`` loads the NVML library again, and
-    ``Adam.step`` asks on every call: 0.27 ms per optimizer step on this
-    machine's CUDA build of torch, a third of a toy iteration
-    (``benchmarks/vs_plain_loop.py``). On a machine with no GPU there is no
-    CUDA to protect, so the cheap check is safe. (With a GPU, CUDA is
-    initialised by training and torch caches the answer.)
+    ``extra_callbacks`` join the configured ones (tests and benchmarks observe a run with them).
     """
-    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train a GAN as ``cfg`` describes; returns the final logged metrics and the run directory."""
     validate(cfg)  # every config error at once, before anything is built or loaded
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -221,6 +210,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_shapes(module, datamodule)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks += extra_callbacks
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress-bar callback when the bar is disabled.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]

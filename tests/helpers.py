@@ -15,20 +15,7 @@ from gan_template.train import train
 
 def run(cfg: DictConfig, *extra_callbacks: Callback) -> dict[str, Any]:
     """``train(cfg)`` with extra callbacks appended to the configured ones."""
-    if not extra_callbacks:
-        return train(cfg)
-    original = L.Trainer.__init__
-
-    def patched(
-        self: L.Trainer, *args: Any, callbacks: list[Callback] | None = None, **kwargs: Any
-    ) -> None:
-        original(self, *args, callbacks=[*(callbacks or []), *extra_callbacks], **kwargs)
-
-    L.Trainer.__init__ = patched  # type: ignore[method-assign]
-    try:
-        return train(cfg)
-    finally:
-        L.Trainer.__init__ = original  # type: ignore[method-assign]
+    return train(cfg, extra_callbacks)
 
 
 def without_evaluation(cfg: DictConfig) -> DictConfig:

@@ -51,7 +51,7 @@ CASES = [
     (
         ["penalty.name=gp"],
         2,
-        "penalty.name='gp': must be one of ['none', 'gradient_penalty', 'r1']",
+        "penalty.name='gp': must be one of ['none', 'gradient_penalty', 'r1', 'r1_r2', 'r2']",
     ),
     (["skip.max_consecutive=-1"], 2, "skip.max_consecutive=-1: must be >= 0"),
     (["data.resolution=24"], 2, "data.resolution=24: the image networks need a power of two"),
@@ -66,6 +66,11 @@ CASES = [
         ["model.generator._target_=os.system"],
         2,
         "model.generator._target_='os.system': only callables from",
+    ),
+    (
+        ["experiment=ring", "augment=diffaugment"],
+        2,
+        "augment.policy='color,translation,cutout': augments images; this data has none",
     ),
     (["seed=-1"], 2, "seed=-1: must be in [0, 2**32 - 1]"),
     (

@@ -32,12 +32,17 @@ def softplus(x: float) -> float:
             0.5 * (((2 - 1) ** 2 + (-1 - 1) ** 2) / 2 + (0.5**2 + 3.0**2) / 2),
             0.5 * ((0.5 - 1) ** 2 + (-3 - 1) ** 2) / 2,
         ),
+        (  # pairs (2.0, 0.5) and (-1.0, -3.0)
+            "relativistic",
+            (softplus(0.5 - 2.0) + softplus(-3.0 + 1.0)) / 2,
+            (softplus(2.0 - 0.5) + softplus(-1.0 + 3.0)) / 2,
+        ),
     ],
 )
 def test_loss_matches_hand_computed_value(name: str, d_expected: float, g_expected: float) -> None:
     loss = get_loss(name)
-    assert loss.discriminator(REAL, FAKE).item() == pytest.approx(d_expected, rel=1e-6)
-    assert loss.generator(FAKE).item() == pytest.approx(g_expected, rel=1e-6)
+    assert loss.discriminator_loss(REAL, FAKE).item() == pytest.approx(d_expected, rel=1e-6)
+    assert loss.generator_loss(FAKE, REAL).item() == pytest.approx(g_expected, rel=1e-6)
 
 
 def test_every_loss_pushes_real_up_and_fake_down() -> None:
@@ -45,15 +50,15 @@ def test_every_loss_pushes_real_up_and_fake_down() -> None:
         # Logits of 0.5 sit inside every loss's active region (LSGAN's fake target is 0).
         real = torch.full((4,), 0.5, requires_grad=True)
         fake = torch.full((4,), 0.5, requires_grad=True)
-        loss.discriminator(real, fake).backward()
+        loss.discriminator_loss(real, fake).backward()
         assert (real.grad < 0).all() and (fake.grad > 0).all(), loss.name
         fake_g = torch.full((4,), 0.5, requires_grad=True)
-        loss.generator(fake_g).backward()
+        loss.generator_loss(fake_g, real.detach()).backward()
         assert (fake_g.grad < 0).all(), loss.name
 
 
 def test_unknown_loss_names_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"loss.name='nope'.*hinge"):
+    with pytest.raises(ValueError, match=r"loss 'nope' is not known.*hinge"):
         get_loss("nope")
 
 
@@ -63,3 +68,13 @@ def test_discriminator_statistics() -> None:
     assert stats["d_real"].item() == pytest.approx(REAL.mean().item())
     assert stats["d_fake"].item() == pytest.approx(FAKE.mean().item())
     assert not any(value.requires_grad for value in stats.values())
+
+
+def test_relativistic_loss_pairs_samples_and_needs_the_real_logits() -> None:
+    loss = get_loss("relativistic")
+    assert loss.pairs_real_and_fake
+    # Shifting every logit by the same amount changes nothing: only differences count.
+    shifted = loss.discriminator_loss(REAL + 7.0, FAKE + 7.0)
+    assert shifted.item() == pytest.approx(loss.discriminator_loss(REAL, FAKE).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="needs the discriminator's real logits"):
+        loss.generator_loss(FAKE, None)

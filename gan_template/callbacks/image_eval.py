@@ -88,7 +88,7 @@ class ImageQualityEvaluation(EveryNIterations):
         self._real = datamodule.real_samples(self.num_samples, seed=self.seed)
         if datamodule.num_classes:
             # The classifier trains on the full labelled set (its own held-out split inside).
-            images, labels = datamodule.real_samples(len(datamodule.dataset), seed=0)
+            images, labels = datamodule.real_samples(len(datamodule.evaluation_dataset), seed=0)
             # Keyed by the data itself, not only its name: two image folders of the
             # same size must not share a classifier.
             fingerprint = data_fingerprint(images, labels)

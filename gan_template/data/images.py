@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from gan_template.data.sampling import training_loader
 from gan_template.errors import DataError
@@ -136,6 +136,7 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         data_seed: int = 0,
         verify_images: bool = True,
+        limit: int | None = None,
     ) -> None:
         super().__init__()
         if name not in DATASETS:
@@ -155,13 +156,17 @@ class ImageDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.data_seed = data_seed
         self.verify_images = verify_images
+        if limit is not None and limit < 1:
+            raise ValueError(f"data.limit={limit} must be >= 1 (or null: every image)")
+        self.limit = limit
         self.unreadable_files: list[str] = []
         self.sample_shape: tuple[int, ...] = (channels, resolution, resolution)
         self.num_classes = NUM_CLASSES.get(name, 0)
         if name == "folder" and self.root.is_dir():
             # Known before setup() so conditional networks can be sized at start-up.
             self.num_classes = sum(1 for p in self.root.iterdir() if p.is_dir())
-        self.dataset: Dataset | None = None
+        self.dataset: Dataset | None = None  # what training draws from (``limit`` images)
+        self.evaluation_dataset: Dataset | None = None  # every image: metrics compare with it
 
     # ---- building the dataset ------------------------------------------------------------
 
@@ -173,11 +178,26 @@ class ImageDataModule(L.LightningDataModule):
         if self.dataset is not None:
             return
         if self.name == "digits":
-            self.dataset = TensorDataset(*load_digits_tensor(self.resolution, self.channels))
+            dataset: Dataset = TensorDataset(*load_digits_tensor(self.resolution, self.channels))
         elif self.name == "folder":
-            self.dataset = self._image_folder()
+            dataset = self._image_folder()
         else:
-            self.dataset = self._torchvision_dataset()
+            dataset = self._torchvision_dataset()
+        self.evaluation_dataset = dataset
+        self.dataset = dataset if self.limit is None else self._subset(dataset, self.limit)
+
+    def _subset(self, dataset: Dataset, limit: int) -> Dataset:
+        """``limit`` images of ``dataset``, chosen by ``data_seed`` (the same ones every run)."""
+        count = len(dataset)  # type: ignore[arg-type]
+        if limit > count:
+            raise DataError(
+                f"data.limit={limit} is more than the {count} images of data.name={self.name}"
+            )
+        generator = torch.Generator().manual_seed(self.data_seed)
+        chosen = torch.randperm(count, generator=generator)[:limit].sort().values
+        if isinstance(dataset, TensorDataset):  # stays in memory, indexed by tensors
+            return TensorDataset(*(tensor[chosen] for tensor in dataset.tensors))
+        return Subset(dataset, chosen.tolist())
 
     def transform(self) -> Any:
         from torchvision import transforms as T
@@ -273,16 +293,21 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def real_samples(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-        """``n`` real images and labels (fixed by ``seed``), for metrics."""
-        assert self.dataset is not None, "setup() must run first"
-        count = len(self.dataset)  # type: ignore[arg-type]
+        """``n`` real images and labels (fixed by ``seed``), for metrics.
+
+        Drawn from every image, also when training sees only ``limit`` of them:
+        quality is measured against the data distribution, not the subset.
+        """
+        dataset = self.evaluation_dataset
+        assert dataset is not None, "setup() must run first"
+        count = len(dataset)  # type: ignore[arg-type]
         indices = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[
             : min(n, count)
         ]
-        if isinstance(self.dataset, TensorDataset):
-            images, labels = self.dataset.tensors
+        if isinstance(dataset, TensorDataset):
+            images, labels = dataset.tensors
             return images[indices], labels[indices]
-        items = [self.dataset[int(i)] for i in indices]
+        items = [dataset[int(i)] for i in indices]
         return torch.stack([image for image, _ in items]), torch.tensor(
             [int(label) for _, label in items]
         )
