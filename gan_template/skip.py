@@ -88,25 +88,24 @@ class SkipRule:
         return loss * float("nan")
 
     def loss_flags(self, loss: Tensor, metrics: Mapping[str, Tensor], iteration: int) -> Tensor:
-        """``[nonfinite_loss, predicate]`` as 0/1 floats on the loss's device."""
+        """``[nonfinite_loss]``, plus ``predicate`` when there is one, as 0/1 floats on the device."""
         nonfinite = loss.detach().isfinite().logical_not().float().reshape(1)
-        wants_skip = False if self.predicate is None else self.predicate(metrics, iteration)
+        if self.predicate is None:
+            return nonfinite
+        wants_skip = self.predicate(metrics, iteration)
         if isinstance(wants_skip, Tensor):
             wanted = wants_skip.detach().reshape(1).to(nonfinite.dtype)
         else:
             wanted = nonfinite.new_full((1,), float(bool(wants_skip)))
         return torch.cat([nonfinite, wanted])
 
-    def gradient_flag(self, grad_norm: Tensor) -> Tensor:
-        """``[nonfinite_gradient]`` from the update's (averaged) gradient norm."""
-        return grad_norm.detach().isfinite().logical_not().float().reshape(1)
-
     # ---- the accounting (host side, once per iteration) --------------------------------------
 
     @staticmethod
-    def reason(flags: list[float]) -> str | None:
-        """The reason an iteration was skipped, from its flags (``REASONS`` layout); None if not."""
-        return next((reason for reason, flag in zip(REASONS, flags, strict=True) if flag), None)
+    def reason(names: tuple[str, ...], flags: list[bool]) -> str | None:
+        """The first reason (in ``REASONS`` order) whose flag is set; None if none is."""
+        flagged = {name for name, flag in zip(names, flags, strict=True) if flag}
+        return next((reason for reason in REASONS if reason in flagged), None)
 
     def record(self, reason: str | None) -> None:
         """Count a finished iteration: skipped for ``reason``, or completed (None)."""

@@ -68,8 +68,9 @@ class Updates:
         # Per iteration.
         self._iteration = 0
         self._first_update = True
-        self._flags: Tensor | None = None  # REASONS layout, 0/1, accumulated over the updates
+        self._flags: Tensor | None = None  # ``reasons`` layout, accumulated over the updates
         # Per update, from apply() to before_step() and back.
+        self._loss: Tensor | None = None
         self._loss_flags: Tensor | None = None
         self._grad_norm: Tensor | None = None
 
@@ -94,10 +95,17 @@ class Updates:
         self._wrapped_model = wrapped_model
         self._world_size, self._rank, self._scaler = world_size, rank, scaler
 
-    def host_syncs_per_update(self) -> dict[Optimizer, bool]:
-        """Which optimizers need the flag on the host before stepping (see the module docstring)."""
-        checks = self.rule.check_losses or self.rule.check_gradients
-        return {opt: checks and not on_device for opt, on_device in self._on_device.items()}
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """What each entry of an update's flags means (only the checks that are on)."""
+        rule = self.rule
+        loss = (
+            ("nonfinite_loss", "predicate") if rule.predicate is not None else ("nonfinite_loss",)
+        )
+        return (
+            *(loss if rule.check_losses else ()),
+            *(("nonfinite_gradient",) if rule.check_gradients else ()),
+        )
 
     # ---- an iteration ----------------------------------------------------------------------
 
@@ -117,14 +125,19 @@ class Updates:
         if self._first_update:
             loss = rule.inject(loss, self._iteration, self._rank)
             self._first_update = False
-        flags = rule.loss_flags(loss, metrics, self._iteration) if rule.check_losses else None
         optimizer.zero_grad(set_to_none=True)
+        if not rule.check_losses:
+            self._loss = self._loss_flags = None
+        elif self._world_size > 1 or rule.predicate is not None:
+            # Flags decided before the backward; under DDP they ride in its all-reduce.
+            self._loss, self._loss_flags = None, rule.loss_flags(loss, metrics, self._iteration)
+        else:  # checked together with the gradient norm: fewer kernels
+            self._loss, self._loss_flags = loss.detach(), None
         self._backward(loss)
         parameters = self._parameters[optimizer.optimizer]
-        flags = all_reduce_gradients(parameters, self._world_size, extra=flags)
+        flags = all_reduce_gradients(parameters, self._world_size, extra=self._loss_flags)
         if flags is not None and self._world_size > 1:
-            flags = flags.clamp_(max=1.0)  # summed over ranks
-        self._loss_flags = flags
+            self._loss_flags = flags.clamp_(max=1.0)  # summed over ranks
         optimizer.step()  # calls before_step() via on_before_optimizer_step
         optimizer.optimizer.__dict__.pop("found_inf", None)
         grad_norm, self._grad_norm = self._grad_norm, None
@@ -151,27 +164,39 @@ class Updates:
                 [p.grad for p in parameters if p.grad is not None], foreach=True
             )
         self._grad_norm = norm.detach()
-        rule = self.rule
-        if not (rule.check_losses or rule.check_gradients):
+        flags = self._update_flags(self._grad_norm)
+        if flags is None:
             return
-        loss_flags = self._loss_flags if self._loss_flags is not None else norm.new_zeros(2)
-        grad_flag = rule.gradient_flag(norm) if rule.check_gradients else norm.new_zeros(1)
-        flags = torch.cat([loss_flags, grad_flag])
-        self._flags = flags if self._flags is None else torch.maximum(self._flags, flags)
-        skip = self._flags.amax()  # 1.0 once any update of this iteration was flagged
+        self._flags = flags if self._flags is None else self._flags.logical_or(flags)
+        skip = self._flags.any()  # true once any update of this iteration was flagged
         if self._on_device[optimizer]:
-            optimizer.found_inf = skip  # type: ignore[attr-defined]  # read by fused step()
+            optimizer.found_inf = skip.float()  # type: ignore[attr-defined]  # read by fused step()
         elif skip.item():  # a host sync: this optimizer cannot take the flag on the device
             # An optimizer skips parameters without gradients, so the step applies
             # nothing (a GradScaler's step too, after its own inf check).
             optimizer.zero_grad(set_to_none=True)
+
+    def _update_flags(self, grad_norm: Tensor) -> Tensor | None:
+        """This update's flags (booleans, ``self.reasons`` layout), or None without checks."""
+        rule = self.rule
+        if self._loss is not None:  # one process, no predicate: one stack, one test
+            values = self._loss.float()
+            if rule.check_gradients:
+                values = torch.stack([values, grad_norm.float()])
+            return values.isfinite().logical_not().reshape(-1)
+        parts = [] if self._loss_flags is None else [self._loss_flags.bool()]
+        if rule.check_gradients:
+            parts.append(grad_norm.isfinite().logical_not().reshape(1))
+        return torch.cat(parts) if parts else None
 
     def end_iteration(self) -> str | None:
         """The reason the iteration was skipped, or None; restores buffers of a skipped one.
 
         Reading the flags is the iteration's one device-to-host sync.
         """
-        reason = None if self._flags is None else self.rule.reason(self._flags.tolist())
+        reason = (
+            None if self._flags is None else self.rule.reason(self.reasons, self._flags.tolist())
+        )
         self._flags = None
         if reason is not None and self._buffers:
             torch._foreach_copy_(self._buffers, self._saved_buffers)

@@ -147,6 +147,36 @@ def test_copier_makes_the_same_project(tmp_path: Path) -> None:
     assert text_files(destination) == text_files(expected)
 
 
+def test_cookiecutter_makes_the_same_project(tmp_path: Path) -> None:
+    cookiecutter = pytest.importorskip("cookiecutter.main")
+    expected = tmp_path / "by_script" / "my-gan"
+    assert new_project(expected).returncode == 0
+    made = cookiecutter.cookiecutter(
+        str(REPO_ROOT),
+        directory="template/cookiecutter",  # the root stays the runnable project
+        no_input=True,
+        extra_context={"project_name": "my-gan"},
+        output_dir=str(tmp_path / "by_cookiecutter"),
+    )
+    assert Path(made) == tmp_path / "by_cookiecutter" / "my-gan"
+    assert text_files(Path(made)) == text_files(expected)
+
+
+def test_cookiecutter_refuses_an_unusable_package_name(tmp_path: Path) -> None:
+    cookiecutter = pytest.importorskip("cookiecutter.main")
+    from cookiecutter.exceptions import FailedHookException
+
+    with pytest.raises(FailedHookException):
+        cookiecutter.cookiecutter(
+            str(REPO_ROOT),
+            directory="template/cookiecutter",
+            no_input=True,
+            extra_context={"project_name": "my-gan", "package_name": "torch"},
+            output_dir=str(tmp_path),
+        )
+    assert not (tmp_path / "my-gan").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
