@@ -116,6 +116,17 @@ class GeneratorEMA(nn.Module):
         # for_sampling's copy, kept until the average changes. A plain dict, so
         # the copy is no submodule: not in checkpoints, not moved with the module.
         self._sampler: dict[tuple[torch.device, torch.dtype], nn.Module] = {}
+        # (generator, its average's parameters, its parameters, and both buffer lists).
+        self._pairs: (
+            tuple[
+                nn.Module,
+                list[torch.Tensor],
+                list[torch.Tensor],
+                list[torch.Tensor],
+                list[torch.Tensor],
+            ]
+            | None
+        ) = None
         self.register_load_state_dict_post_hook(GeneratorEMA._forget_sampler)
 
     def decay_at(self, updates: int) -> float:
@@ -128,14 +139,22 @@ class GeneratorEMA(nn.Module):
     @torch.no_grad()
     def update(self, generator: nn.Module, updates: int) -> None:
         """Move the average towards ``generator`` after its ``updates``-th update."""
-        weight = 1.0 - self.decay_at(updates)
-        averaged: list[torch.Tensor] = list(self.module.parameters())
-        current: list[torch.Tensor] = list(generator.parameters())  # no_grad: no detach needed
-        torch._foreach_lerp_(averaged, current, weight)
+        if self._pairs is None or self._pairs[0] is not generator:
+            # Listed once, not walked through both module trees on every update
+            # (moves and dtype casts change tensors in place, not the lists).
+            self._pairs = (
+                generator,
+                list(self.module.parameters()),
+                list(generator.parameters()),  # no_grad: no detach needed
+                list(self.module.buffers()),
+                list(generator.buffers()),
+            )
+        _, averaged, current, my_buffers, their_buffers = self._pairs
+        torch._foreach_lerp_(averaged, current, 1.0 - self.decay_at(updates))
         # Buffers are copied, not averaged, as in StyleGAN2 (BatchNorm statistics
         # are then re-estimated for sampling: for_sampling).
-        for mine, theirs in zip(self.module.buffers(), generator.buffers(), strict=False):
-            mine.copy_(theirs)
+        if my_buffers:
+            torch._foreach_copy_(my_buffers, their_buffers)
         self._sampler.clear()
 
     def for_sampling(self) -> nn.Module:

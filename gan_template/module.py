@@ -46,7 +46,7 @@ from gan_template.update import Updates
 
 
 @contextmanager
-def frozen(net: nn.Module) -> Iterator[None]:
+def frozen(net: nn.Module | Iterable[nn.Parameter]) -> Iterator[None]:
     """Turn off ``requires_grad`` of ``net``'s trainable parameters for the block.
 
     Gradients still flow *through* ``net`` to earlier layers; its own weight
@@ -55,7 +55,9 @@ def frozen(net: nn.Module) -> Iterator[None]:
     dict of all of them built on every call: several times the cost for a
     toy-sized network.)
     """
-    params = [p for p in net.parameters() if p.requires_grad]
+    params = [
+        p for p in (net.parameters() if isinstance(net, nn.Module) else net) if p.requires_grad
+    ]
     for p in params:
         p.requires_grad_(False)
     try:
@@ -155,6 +157,8 @@ class GANModule(L.LightningModule):
 
         # Epoch aggregates as running means, never as a list of step outputs.
         self.epoch_means = EpochMeans()
+        # Listed once per fit (on_train_start), not walked on every generator update.
+        self._discriminator_parameters: list[nn.Parameter] = []
         # The last logged losses, as numbers, for the progress bar.
         self.progress_metrics: dict[str, float] = {}
 
@@ -237,7 +241,7 @@ class GANModule(L.LightningModule):
         if self.adversarial_loss.pairs_real_and_fake:
             with torch.no_grad():
                 real_logits = self.discriminate(self.augmented(real), labels)
-        with frozen(self.discriminator):  # backward computes no discriminator weight gradients
+        with frozen(self._discriminator_parameters):  # backward computes no D weight gradients
             fake_logits = self.discriminate(self.augmented(fake), labels)
             loss = self.adversarial_loss.generator_loss(fake_logits, real_logits)
             metrics = {"g_loss": loss}
@@ -317,6 +321,7 @@ class GANModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         trainer = self.trainer
+        self._discriminator_parameters = list(self.discriminator.parameters())
         self.updates.prepare(
             optimizers=[opt.optimizer for opt in cast(list[LightningOptimizer], self.optimizers())],
             buffers=[*self.generator.buffers(), *self.discriminator.buffers()],
