@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
+from pathlib import Path
 
 
 def run_child(command: list[str], env: Mapping[str, str] | None = None) -> str:
@@ -21,3 +24,19 @@ def run_child(command: list[str], env: Mapping[str, str] | None = None) -> str:
             f"{done.stderr[-3000:]}"
         )
     return done.stdout
+
+
+def training_run(overrides: list[str], run_dir: Path, result_file: str) -> dict:
+    """``python -m gan_template <overrides>`` in ``run_dir``; its ``result_file`` and run time.
+
+    The command is the one a user would type, so studies measure what users get.
+    """
+    command = [
+        sys.executable, "-m", "gan_template", *overrides,
+        "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    run_child(command)
+    result = json.loads((run_dir / result_file).read_text())
+    result["seconds"] = time.perf_counter() - start
+    return result

@@ -15,28 +15,25 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from child import run_child
+from child import training_run
 
 
 def run_one(recipe: str, limit: int, augment: str, seed: int, extra: list[str], root: Path) -> dict:
-    run_dir = root / f"{recipe}_limit{limit}_{augment}_seed{seed}"
-    command = [
-        sys.executable, "-m", "gan_template", f"experiment={recipe}", f"data.limit={limit}",
-        f"augment={augment}", f"seed={seed}", "trainer.enable_progress_bar=false",
-        f"hydra.run.dir={run_dir}", *extra,
-    ]  # fmt: skip
-    start = time.perf_counter()
-    run_child(command)
-    result = json.loads((run_dir / "image_metrics.json").read_text())
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return training_run(
+        [
+            f"experiment={recipe}",
+            f"data.limit={limit}",
+            f"augment={augment}",
+            f"seed={seed}",
+            *extra,
+        ],
+        root / f"{recipe}_limit{limit}_{augment}_seed{seed}",
+        "image_metrics.json",
+    )
 
 
 def mean_std(values: list[float], digits: int) -> str:

@@ -9,14 +9,11 @@ would type it; the table reads each run's ``toy_metrics.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from child import run_child
+from child import training_run
 
 # Lin et al. (2018), PacGAN, tables 2 and 3: mean over 10 runs of (modes, % high quality, reverse KL).
 PUBLISHED = {
@@ -26,16 +23,11 @@ PUBLISHED = {
 
 
 def run_one(experiment: str, seed: int, overrides: list[str], root: Path) -> dict:
-    run_dir = root / f"{experiment}_seed{seed}"
-    command = [
-        sys.executable, "-m", "gan_template", f"experiment={experiment}", f"seed={seed}",
-        "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}", *overrides,
-    ]  # fmt: skip
-    start = time.perf_counter()
-    run_child(command)
-    result = json.loads((run_dir / "toy_metrics.json").read_text())
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return training_run(
+        [f"experiment={experiment}", f"seed={seed}", *overrides],
+        root / f"{experiment}_seed{seed}",
+        "toy_metrics.json",
+    )
 
 
 def main() -> None:
