@@ -55,15 +55,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.iterations <= args.warmup:
         parser.error(f"--iterations {args.iterations} must exceed --warmup {args.warmup}")
-    root = Path(tempfile.mkdtemp(prefix="ddp_cost_"))
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    for repeat in range(args.repeats):
-        for name, overrides in CONFIGS.items():  # alternate configurations
-            slug = "".join(c if c.isalnum() else "_" for c in name)
-            run_dir = root / f"{slug}_{repeat}"
-            times[name].append(
-                time_run([*overrides, *args.overrides], args.iterations, args.warmup, run_dir)
-            )
+    with tempfile.TemporaryDirectory(prefix="ddp_cost_") as root:
+        for repeat in range(args.repeats):
+            for name, overrides in CONFIGS.items():  # alternate configurations
+                slug = "".join(c if c.isalnum() else "_" for c in name)
+                run_dir = Path(root) / f"{slug}_{repeat}"
+                times[name].append(
+                    time_run([*overrides, *args.overrides], args.iterations, args.warmup, run_dir)
+                )
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"{'configuration':<34} {'ms / iteration':>15}")
     for name, value in medians.items():

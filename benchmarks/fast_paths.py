@@ -90,10 +90,15 @@ def main() -> None:
     args = parser.parse_args()
     refuse_untimeable(parser, args)  # its runs are vs_plain_loop's, timed by its Clock
 
+    with tempfile.TemporaryDirectory(prefix="fast_paths_digits_") as folder:
+        run(args, Path(folder))
+
+
+def run(args: argparse.Namespace, root: Path) -> None:
+    """Measure the switches; ``root`` holds the image folder of ``--data folder``."""
     baseline: list[str] = []
     switches = dict(SWITCHES) | (CUDA_ONLY if args.device == "cuda" else {})
     if args.data == "folder":
-        root = Path(tempfile.mkdtemp(prefix="fast_paths_digits_"))
         resolution = int(next(o for o in RECIPES[args.recipe] if "resolution" in o).split("=")[1])
         write_digit_folder(root, resolution)
         baseline = ["data=folder", f"data.root={root}", "data.num_workers=0", "data.pin_memory=false"]  # fmt: skip

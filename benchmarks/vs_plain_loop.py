@@ -334,8 +334,6 @@ def run_published(cfg: Any, warmup: int, clock: Clock) -> dict[str, float]:
     in a sigmoid with binary cross-entropy; here they return logits and the
     loss is ``binary_cross_entropy_with_logits``, the same maths.
     """
-    import tempfile
-
     import lightning as L
     import torch
     import torch.nn.functional as F
@@ -388,7 +386,7 @@ def run_published(cfg: Any, warmup: int, clock: Clock) -> dict[str, float]:
             optimizer_d.zero_grad()
             self.untoggle_optimizer(optimizer_d)
 
-    logger = CSVLogger(tempfile.mkdtemp(prefix="vs_plain_published_"))
+    logger = CSVLogger(Path(cfg.paths.run_dir) / "published")  # removed with the run directory
     trainer = minimal_trainer(cfg, clock, logger=logger)
     trainer.fit(Published(), datamodule=instantiate(cfg.data))
     return clock.result(warmup)
@@ -410,13 +408,12 @@ def measure(kind: str, args: argparse.Namespace, count_syncs: bool = False) -> d
     avoid_per_step_gpu_probing()
     # The template's runs get trainer.benchmark=true; Lightning sets the flag per run.
     torch.backends.cudnn.benchmark = args.device == "cuda"
-    run_dir = Path(tempfile.mkdtemp(prefix="vs_plain_"))
     extra = [*args.overrides, *(UNCHECKED if kind == "unchecked" else [])]
     iterations, warmup = (SYNC_ITERATIONS, 1) if count_syncs else (args.iterations, args.warmup)
-    cfg = compose(args.recipe, args.device, args.precision, iterations, run_dir, extra)
     syncs = HostSyncCounter() if count_syncs else None
     clock = Clock(args.device, syncs)
-    with syncs or nullcontext():
+    with tempfile.TemporaryDirectory(prefix="vs_plain_") as run_dir, syncs or nullcontext():
+        cfg = compose(args.recipe, args.device, args.precision, iterations, Path(run_dir), extra)
         if kind == "plain":
             result = run_plain(cfg, warmup, clock)
         elif kind in ("lightning", "loop"):
