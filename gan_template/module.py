@@ -439,9 +439,7 @@ class GANModule(L.LightningModule):
         state = checkpoint["gan_template"]
         self.iteration = state["iteration"]
         self.discriminator_updates = state["discriminator_updates"]
-        self.skip_rule.load_state_dict(
-            state.get("skip") or state["guard"]
-        )  # "guard": older checkpoints
+        self.skip_rule.load_state_dict(state.get("skip") or state["guard"])  # guard: older files
         rng = state.get("rng")
         if rng:
             if len(rng) != self.trainer.world_size:

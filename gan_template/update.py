@@ -68,6 +68,7 @@ class Updates:
         # Per iteration.
         self._iteration = 0
         self._first_update = True
+        self.reasons: tuple[str, ...] = ()  # layout of the flags, set by prepare()
         self._flags: Tensor | None = None  # ``reasons`` layout, accumulated over the updates
         # Per update, from apply() to before_step() and back.
         self._loss: Tensor | None = None
@@ -94,15 +95,12 @@ class Updates:
         self._saved_buffers = [b.clone() for b in self._buffers]
         self._wrapped_model = wrapped_model
         self._world_size, self._rank, self._scaler = world_size, rank, scaler
-
-    @property
-    def reasons(self) -> tuple[str, ...]:
-        """What each entry of an update's flags means (only the checks that are on)."""
         rule = self.rule
         loss = (
             ("nonfinite_loss", "predicate") if rule.predicate is not None else ("nonfinite_loss",)
         )
-        return (
+        # What each entry of an update's flags means (only the checks that are on).
+        self.reasons = (
             *(loss if rule.check_losses else ()),
             *(("nonfinite_gradient",) if rule.check_gradients else ()),
         )
