@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from gan_template.checkpoint_io import CheckpointWriteError, DamagedCheckpointError
 from gan_template.config import register_schema
 from gan_template.errors import ConfigError, DataError, UserInputError
 from gan_template.skip import TooManySkips
+from gan_template.sweep import become_the_parent_job, objective, ranks_run_this_job
 
 #: conf/ at the repository root, found from this file so any working directory works.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -30,16 +33,32 @@ EXIT_STATUS: dict[type[BaseException], int] = {
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Train; returns ``optimized_metric``'s final value when set (what sweepers minimize)."""
     from gan_template.train import train  # after Hydra parsed the command line: fast --help
 
     _route_lightning_logs_through_hydra()
+    hydra_config = HydraConfig.get()
     try:
-        train(cfg)
+        if hydra_config.mode == RunMode.MULTIRUN:
+            with ranks_run_this_job(list(hydra_config.overrides.task), Path(cfg.paths.run_dir)):
+                result = train(cfg)
+        else:
+            result = train(cfg)
+        if cfg.optimized_metric is None:
+            return None
+        return objective(result["final_metrics"], cfg.optimized_metric)
     except (UserInputError, TooManySkips, CheckpointWriteError) as error:
         # The message says what happened and what to do; a traceback would bury it.
         print(f"gan_template: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(exit_status(error)) from None
+
+
+def cli() -> None:
+    """The command line: ``python -m gan_template`` and the ``gan-template`` script."""
+    # A DDP rank started by a multirun job runs that job, not the sweep again (sweep.py).
+    sys.argv[:] = become_the_parent_job(sys.argv)
+    main()
 
 
 def exit_status(error: BaseException) -> int:
@@ -58,4 +77,4 @@ def _route_lightning_logs_through_hydra() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli()

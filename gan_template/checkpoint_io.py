@@ -37,7 +37,7 @@ class DamagedCheckpointError(UserInputError):
     """A checkpoint file to resume from cannot be read."""
 
 
-def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through a temporary file in its folder: fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(

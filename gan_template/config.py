@@ -130,6 +130,8 @@ class RunConfig:
     """Seeds python, numpy and torch."""
     ckpt_path: str | None = None
     """Resume from this checkpoint."""
+    optimized_metric: str | None = None
+    """The final metric a sweeper minimizes (``toy/reverse_kl``, ``image/fid``, ...)."""
     extra_target_prefixes: list[str] = field(default_factory=list)
     """Packages besides gan_template, torch, torchvision, torchmetrics and lightning that
     configs may instantiate (your own networks, callbacks, predicates)."""
@@ -158,6 +160,16 @@ def validate(cfg: DictConfig) -> None:
             "(toy data: model=mlp; images: model=dcgan or model=resnet)"
         ) from None
     problems += unknown_keys(cfg)
+    metric = cfg.optimized_metric
+    if metric is not None:
+        evaluation = {"toy": "toy_eval", "image": "image_eval"}.get(metric.split("/")[0])
+        need(
+            evaluation is not None and evaluation in (cfg.callbacks or {}),
+            "optimized_metric",
+            "must be a final evaluation metric whose evaluation is on: toy/* with "
+            "callbacks=toy (toy/reverse_kl, toy/high_quality, toy/modes_captured), image/* "
+            "with callbacks=images (image/fid, image/kid, image/class_kl, ...)",
+        )
     need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32 - 1]")
     need(cfg.train.iterations >= 1, "train.iterations", "must be >= 1")
     need(cfg.train.n_critic >= 1, "train.n_critic", "must be >= 1")

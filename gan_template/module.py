@@ -36,7 +36,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from gan_template import nets
 from gan_template.ema import GeneratorEMA
-from gan_template.logs import EpochMeans, as_numbers, log_at_iteration
+from gan_template.loggers import EpochMeans, as_numbers, log_at_iteration
 from gan_template.losses import discriminator_statistics, get_loss
 from gan_template.penalties import get_penalty
 from gan_template.resume import gather_rng_states, restore_rng_state

@@ -5,6 +5,7 @@ The only module besides ``__main__`` that knows about Hydra/OmegaConf.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,8 @@ from torch import nn
 
 from gan_template import nets
 from gan_template.augment import DiffAugment
-from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable
+from gan_template.callbacks.periodic import EveryNIterations
+from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
 from gan_template.config import validate
 from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError
@@ -28,6 +30,7 @@ from gan_template.module import GANModule
 from gan_template.resume import config_changes, shape_changes
 from gan_template.schedule import StepSchedule
 from gan_template.skip import SkipRule
+from gan_template.sweep import FINAL_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +235,27 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    final_metrics = write_final_metrics(trainer, module, run_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {
         "run_dir": str(run_dir),
         "iteration": module.iteration,
         "metrics": metrics,
+        "final_metrics": final_metrics,
         "module": module,
     }
+
+
+def write_final_metrics(trainer: L.Trainer, module: GANModule, run_dir: Path) -> dict[str, float]:
+    """``<run dir>/final_metrics.json``: the iteration reached and the last evaluation's metrics.
+
+    What a sweep's summary and a sweeper's objective read (``gan_template/sweep.py``).
+    """
+    final: dict[str, float] = {"iteration": module.iteration}
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, EveryNIterations):
+            final |= callback.last_metrics
+    if trainer.is_global_zero:
+        text = json.dumps(final, indent=1).encode()
+        write_atomically(run_dir / FINAL_METRICS, lambda file: file.write(text))
+    return final

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import run, without_evaluation
 
-from gan_template.logs import EpochMeans
+from gan_template.loggers import EpochMeans
 
 
 def test_epoch_means_handles_steps_with_different_metrics() -> None:

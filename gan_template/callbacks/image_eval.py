@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from gan_template import nets
 from gan_template.callbacks.periodic import EveryNIterations
-from gan_template.logs import log_at_iteration
+from gan_template.loggers import log_at_iteration
 from gan_template.metrics.images import (
     FeatureExtractor,
     SmallClassifier,
@@ -143,9 +143,8 @@ class ImageQualityEvaluation(EveryNIterations):
             )
             result |= coverage.as_dict()
         self.result = result
-        log_at_iteration(
-            trainer.loggers, {f"image/{k}": v for k, v in result.items()}, pl_module.iteration
-        )
+        self.last_metrics = {f"image/{k}": float(v) for k, v in result.items()}
+        log_at_iteration(trainer.loggers, self.last_metrics, pl_module.iteration)
         return result
 
 

@@ -34,6 +34,8 @@ class EveryNIterations(Callback):
             )
         self.every_n_iterations = every_n_iterations
         self.last_run_iteration = -1
+        #: What the last run logged; the run's final_metrics.json gathers these.
+        self.last_metrics: dict[str, float] = {}
 
     def run(self, trainer: L.Trainer, pl_module: GANModule) -> None:
         raise NotImplementedError

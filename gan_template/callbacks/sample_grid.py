@@ -6,11 +6,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid, save_image
 
 from gan_template import nets
 from gan_template.callbacks.periodic import EveryNIterations
+from gan_template.loggers import log_image
 from gan_template.module import GANModule
 
 
@@ -22,7 +22,7 @@ class SampleGrid(EveryNIterations):
     generator is class-conditional, row ``r`` shows class ``r % num_classes``.
 
     Files: ``<run dir>/samples/grid_iterNNNNNNN.png`` and ``grid_last.png``; the
-    grid also goes to TensorBoard when that logger is on.
+    grid also goes to the loggers that show pictures (TensorBoard, W&B, MLflow).
     """
 
     def __init__(
@@ -61,7 +61,5 @@ class SampleGrid(EveryNIterations):
         path = directory / f"grid_iter{pl_module.iteration:07d}.png"
         save_image(grid, path)
         save_image(grid, directory / "grid_last.png")
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", grid, pl_module.iteration)
+        log_image(trainer.loggers, "samples", path, pl_module.iteration)
         return path

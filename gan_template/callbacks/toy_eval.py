@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 
 from gan_template import nets
 from gan_template.callbacks.periodic import EveryNIterations
-from gan_template.logs import log_at_iteration
+from gan_template.loggers import log_at_iteration, log_image
 from gan_template.metrics.toy import ModeCoverage, mode_coverage
 from gan_template.module import GANModule, as_gan_module
 
@@ -75,16 +75,18 @@ class ToyMixtureEvaluation(EveryNIterations):
             "toy/high_quality": self.result.high_quality,
             "toy/reverse_kl": self.result.reverse_kl,
         }
+        self.last_metrics = metrics
         log_at_iteration(trainer.loggers, metrics, pl_module.iteration)
         if self.save_plots and trainer.is_global_zero:
-            self._plot(
+            png = self._plot(
                 samples, datamodule.modes, Path(trainer.default_root_dir), pl_module.iteration
             )
+            log_image(trainer.loggers, "samples", png, pl_module.iteration)
         return self.result
 
     def _plot(
         self, samples: torch.Tensor, modes: torch.Tensor, run_dir: Path, iteration: int
-    ) -> None:
+    ) -> Path:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -105,5 +107,7 @@ class ToyMixtureEvaluation(EveryNIterations):
         axes.legend(loc="upper right", fontsize=7)
         directory = run_dir / "samples"
         directory.mkdir(parents=True, exist_ok=True)
-        figure.savefig(directory / f"toy_iter{iteration:07d}.png")
+        png = directory / f"toy_iter{iteration:07d}.png"
+        figure.savefig(png)
         plt.close(figure)
+        return png

@@ -1,0 +1,102 @@
+"""Multiruns from the command line: one folder per sweep, a summary, DDP per job, Optuna."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gan_template.sweep import FINAL_METRICS
+from tests.conftest import REPO_ROOT
+
+RING = [
+    "experiment=ring",
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "callbacks.toy_eval.num_samples=500",
+]
+
+
+def multirun(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "gan_template", "-m", *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def only_sweep_folder(cwd: Path) -> Path:
+    (day,) = (cwd / "multirun").iterdir()
+    (sweep,) = day.iterdir()  # one sweep, one folder
+    return sweep
+
+
+def read_summary(sweep: Path) -> list[dict[str, str]]:
+    with open(sweep / "summary.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_seed_sweep_gives_one_folder_per_job_and_a_summary_of_their_final_metrics(
+    tmp_path: Path,
+) -> None:
+    done = multirun(tmp_path, *RING, "train.iterations=30", "seed=0,1,2")
+    sweep = only_sweep_folder(tmp_path)
+    rows = read_summary(sweep)
+    assert [row["job"] for row in rows] == ["0", "1", "2"]
+    assert [row["seed"] for row in rows] == ["0", "1", "2"]
+    for row in rows:
+        job = sweep / row["job"]
+        final = json.loads((job / FINAL_METRICS).read_text())
+        toy = json.loads((job / "toy_metrics.json").read_text())
+        assert final["iteration"] == toy["iteration"] == 30
+        assert row["status"] == "done"
+        for name in ("modes_captured", "high_quality", "reverse_kl"):
+            assert float(row[f"toy/{name}"]) == pytest.approx(toy[name]) == final[f"toy/{name}"]
+    assert "Sweep summary" in done.stderr + done.stdout
+
+
+@pytest.mark.ddp
+def test_ddp_multirun_keeps_every_rank_in_its_jobs_folder(tmp_path: Path) -> None:
+    # Lightning starts rank 1 by re-running the command line; with -m that was a
+    # second sweep in a second folder. Here each job starts its own rank 1.
+    multirun(tmp_path, *RING, "trainer=ddp_cpu", "train.iterations=10", "seed=0,1")
+    sweep = only_sweep_folder(tmp_path)
+    for row in read_summary(sweep):
+        job = sweep / row["job"]
+        assert row["status"] == "done"
+        assert (job / "train_ddp_process_1.log").is_file()  # rank 1 ran this job, here
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        assert f"seed={row['job']}" in overrides
+
+
+def test_optuna_search_minimizes_the_final_metric_over_its_trials(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    multirun(
+        tmp_path,
+        *RING,
+        "hparams_search=toy_optuna",
+        "train.iterations=300",
+        "hydra.sweeper.n_trials=3",
+    )
+    sweep = only_sweep_folder(tmp_path)
+    rows = read_summary(sweep)
+    assert len(rows) == 3
+    # Each trial ran with the values Optuna sampled, from the search space.
+    for row in rows:
+        assert 5e-5 <= float(row["optim.generator.lr"]) <= 2e-3
+        assert row["train.n_critic"] in ("1", "2", "5")
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    kls = [float(row["toy/reverse_kl"]) for row in rows]
+    assert best["best_value"] == pytest.approx(min(kls))
