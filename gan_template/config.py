@@ -71,7 +71,7 @@ class SkipConfig:
     check_gradients: bool = True
     """Skip an update whose gradient norm is non-finite."""
     check_losses: bool = True
-    """Take the pre-backward skip decision (one tiny collective per update)."""
+    """Skip an update whose loss is non-finite (the predicate is on whenever it is set)."""
     predicate: Any = None
     """Optional ``{_target_: pkg.fn, _partial_: true}``, called as fn(metrics, iteration) -> bool."""
 

@@ -51,8 +51,11 @@ class SkipRule:
             skip path exercised end to end.
         inject_rank: inject on this rank only (None: every rank).
         predicate: optional user rule; true skips the iteration.
-        check_losses: flag non-finite losses, the predicate and injected faults.
+        check_losses: flag non-finite losses (injected faults are non-finite losses).
         check_gradients: flag non-finite gradients.
+
+    Each check is on by itself: the predicate whenever it is set, whatever
+    ``check_losses`` says, and faults are injected whenever they are listed.
     """
 
     def __init__(
@@ -88,16 +91,17 @@ class SkipRule:
         return loss * float("nan")
 
     def loss_flags(self, loss: Tensor, metrics: Mapping[str, Tensor], iteration: int) -> Tensor:
-        """``[nonfinite_loss]``, plus ``predicate`` when there is one, as 0/1 floats on the device."""
-        nonfinite = loss.detach().isfinite().logical_not().float().reshape(1)
-        if self.predicate is None:
-            return nonfinite
-        wants_skip = self.predicate(metrics, iteration)
-        if isinstance(wants_skip, Tensor):
-            wanted = wants_skip.detach().reshape(1).to(nonfinite.dtype)
-        else:
-            wanted = nonfinite.new_full((1,), float(bool(wants_skip)))
-        return torch.cat([nonfinite, wanted])
+        """``[nonfinite_loss]`` (when checked), then ``[predicate]`` (when set): 0/1 on the device."""
+        parts = []
+        if self.check_losses:
+            parts.append(loss.detach().isfinite().logical_not().float().reshape(1))
+        if self.predicate is not None:
+            wants_skip = self.predicate(metrics, iteration)
+            if isinstance(wants_skip, Tensor):
+                parts.append(wants_skip.detach().reshape(1).float())
+            else:
+                parts.append(loss.new_full((1,), float(bool(wants_skip)), dtype=torch.float32))
+        return torch.cat(parts)
 
     # ---- the accounting (host side, once per iteration) --------------------------------------
 

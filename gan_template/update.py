@@ -96,12 +96,10 @@ class Updates:
         self._wrapped_model = wrapped_model
         self._world_size, self._rank, self._scaler = world_size, rank, scaler
         rule = self.rule
-        loss = (
-            ("nonfinite_loss", "predicate") if rule.predicate is not None else ("nonfinite_loss",)
-        )
         # What each entry of an update's flags means (only the checks that are on).
         self.reasons = (
-            *(loss if rule.check_losses else ()),
+            *(("nonfinite_loss",) if rule.check_losses else ()),
+            *(("predicate",) if rule.predicate is not None else ()),
             *(("nonfinite_gradient",) if rule.check_gradients else ()),
         )
 
@@ -124,7 +122,7 @@ class Updates:
             loss = rule.inject(loss, self._iteration, self._rank)
             self._first_update = False
         optimizer.zero_grad(set_to_none=True)
-        if not rule.check_losses:
+        if not rule.check_losses and rule.predicate is None:
             self._loss = self._loss_flags = None
         elif self._world_size > 1 or rule.predicate is not None:
             # Flags decided before the backward; under DDP they ride in its all-reduce.
