@@ -36,77 +36,58 @@ from gan_template.penalties import PENALTIES
 ALLOWED_TARGET_PREFIXES = ("gan_template.", "torch.", "torchvision.", "torchmetrics.", "lightning.")
 
 
+# The schema gives each key its type, and nothing else: defaults and what each key
+# means live once, in conf/ (config.yaml and the group files), and ranges in validate().
+
+
 @dataclass
 class TrainConfig:
-    iterations: int = 2000
-    """Generator updates; the run stops exactly here (not Lightning's global_step)."""
-    n_critic: int = 1
-    """Discriminator updates per generator update."""
-    compile: bool = False
-    """torch.compile the networks (not the step: Lightning #21513)."""
-    channels_last: bool = False
-    """Keep conv weights and image batches in channels-last memory format (tensor cores)."""
+    iterations: int = MISSING
+    n_critic: int = MISSING
+    compile: bool = MISSING
+    channels_last: bool = MISSING
 
 
 @dataclass
 class EMAConfig:
-    enabled: bool = True
-    """Keep an exponential moving average of the generator for samples and metrics."""
-    decay: float = 0.999
-    """Final decay per generator update, in [0, 1)."""
-    rampup: float | None = 0.05
-    """StyleGAN2 ramp: the average spans at most rampup * iterations updates; null disables it."""
-    batch_norm_samples: int = 2048
-    """Samples that re-estimate the EMA generator's BatchNorm statistics before sampling; 0: off."""
+    enabled: bool = MISSING
+    decay: float = MISSING
+    rampup: float | None = MISSING
+    batch_norm_samples: int = MISSING
 
 
 @dataclass
 class SkipConfig:
-    max_consecutive: int = 20
-    """Stop (after saving last.ckpt) after this many skipped iterations in a row; 0 never stops."""
-    inject_nonfinite_at: list[int] = field(default_factory=list)
-    """Iterations whose discriminator loss is made NaN once, to exercise the skip path."""
-    inject_rank: int | None = None
-    """Inject on this rank only; null injects on every rank."""
-    check_gradients: bool = True
-    """Skip an update whose gradient norm is non-finite."""
-    check_losses: bool = True
-    """Skip an update whose loss is non-finite (the predicate is on whenever it is set)."""
-    predicate: Any = None
-    """Optional ``{_target_: pkg.fn, _partial_: true}``, called as fn(metrics, iteration) -> bool."""
+    max_consecutive: int = MISSING
+    inject_nonfinite_at: list[int] = MISSING
+    inject_rank: int | None = MISSING
+    check_gradients: bool = MISSING
+    check_losses: bool = MISSING
+    predicate: Any = MISSING
 
 
 @dataclass
 class LossConfig:
-    name: str = "non_saturating"
-    """One of gan_template.losses.LOSSES."""
+    name: str = MISSING
 
 
 @dataclass
 class PenaltyConfig:
-    name: str = "none"
-    """none, gradient_penalty, r1, r2 or r1_r2."""
-    weight: float = 0.0
-    """Multiplier of the penalty (WGAN-GP's lambda; R1: gamma / 2)."""
-    interval: int = 1
-    """Apply it every k-th discriminator update (lazy regularisation), scaled by k."""
+    name: str = MISSING
+    weight: float = MISSING
+    interval: int = MISSING
 
 
 @dataclass
 class AugmentConfig:
-    policy: str = ""
-    """DiffAugment policies applied before every discriminator call, e.g.
-    color,translation,cutout; empty: no augmentation (gan_template/augment.py)."""
-    translation_ratio: float = 0.125
-    """Largest shift, as a fraction of the image size."""
-    cutout_ratio: float = 0.5
-    """Side of the cut-out square, as a fraction of the image size."""
+    policy: str = MISSING
+    translation_ratio: float = MISSING
+    cutout_ratio: float = MISSING
 
 
 @dataclass
 class PathsConfig:
     run_dir: str = MISSING
-    """Where the run writes everything (Hydra's run directory by default)."""
 
 
 @dataclass
@@ -126,15 +107,10 @@ class RunConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     skip: SkipConfig = field(default_factory=SkipConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    seed: int = 0
-    """Seeds python, numpy and torch."""
-    ckpt_path: str | None = None
-    """Resume from this checkpoint."""
-    optimized_metric: str | None = None
-    """The final metric a sweeper minimizes (``toy/reverse_kl``, ``image/fid``, ...)."""
-    extra_target_prefixes: list[str] = field(default_factory=list)
-    """Packages besides gan_template, torch, torchvision, torchmetrics and lightning that
-    configs may instantiate (your own networks, callbacks, predicates)."""
+    seed: int = MISSING
+    ckpt_path: str | None = MISSING
+    optimized_metric: str | None = MISSING
+    extra_target_prefixes: list[str] = MISSING
 
 
 def register_schema() -> None:

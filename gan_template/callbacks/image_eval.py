@@ -16,14 +16,12 @@ from torch import Tensor, nn
 from gan_template import nets
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.loggers import log_at_iteration
-from gan_template.metrics.images import (
+from gan_template.metrics.classifier import (
     FeatureExtractor,
     SmallClassifier,
-    class_coverage,
-    fid_kid,
     load_or_train_classifier,
-    to_unit_range,
 )
+from gan_template.metrics.images import class_coverage, fid_kid, to_unit_range
 from gan_template.module import GANModule, as_gan_module
 
 
