@@ -17,6 +17,7 @@ Two layers, both before any data is loaded:
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -297,6 +298,12 @@ def _check_target(key: str, node: DictConfig, allowed: tuple[str, ...]) -> list[
         factory = get_method(target)
     except Exception as error:  # Hydra wraps import errors in several types
         return [f"{where}={target!r}: cannot be imported ({error})"]
+    module, extra = getattr(factory, "requires", (None, None))
+    if module is not None and importlib.util.find_spec(module) is None:
+        return [
+            f"{where}={target!r} needs the {module} package, which is not installed: "
+            f'pip install -e ".[{extra}]"'
+        ]
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):

@@ -183,6 +183,9 @@ class WandbLogger(LightningWandbLogger):
       appending to this one (Lightning leaves it to the end of the process).
     """
 
+    #: The package this logger needs, checked when the config is validated.
+    requires = ("wandb", "wandb")
+
     def __init__(self, run_dir: str, **kwargs: Any) -> None:
         self._run_dir = run_dir
         kwargs.setdefault("id", remembered_run_id(run_dir, "wandb") or uuid.uuid4().hex[:12])
@@ -222,6 +225,8 @@ class MLFlowLogger(LightningMLFlowLogger):
     logged, so a resumed run logs only new keys; the settings that changed are
     in the run's log (``train.check_resume``).
     """
+
+    requires = ("mlflow", "mlflow")
 
     def __init__(self, run_dir: str, **kwargs: Any) -> None:
         self._run_dir = run_dir

@@ -54,6 +54,11 @@ CASES = [
         "penalty.name='gp': must be one of ['none', 'gradient_penalty', 'r1', 'r1_r2', 'r2']",
     ),
     (["skip.max_consecutive=-1"], 2, "skip.max_consecutive=-1: must be >= 0"),
+    (
+        ["optimized_metric=toy/reverse_kl"],  # the default recipe evaluates images
+        2,
+        "optimized_metric='toy/reverse_kl': must be a final evaluation metric whose evaluation is on",
+    ),
     (["data.resolution=24"], 2, "data.resolution=24: the image networks need a power of two"),
     (["data.resolution=2048"], 2, "the networks are too large for this machine: 2,880 M generator"),
     (["data.channels=2"], 2, "data.channels=2: must be 1 (grey) or 3 (RGB)"),

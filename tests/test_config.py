@@ -56,3 +56,23 @@ def test_mismatched_data_and_network_shapes_fail_at_start_naming_both(make_confi
         ValueError, match=r"generator produces samples of shape \(3,\).*shape \(2,\)"
     ):
         run(cfg)
+
+
+def test_a_logger_whose_package_is_missing_is_refused_with_the_install_command(
+    make_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from gan_template.config import validate
+    from gan_template.errors import ConfigError
+
+    cfg = make_config("logger=wandb")
+    validate(cfg)  # installed here (dev extra)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "wandb" else find_spec(name, *a),
+    )
+    with pytest.raises(ConfigError, match=r'needs the wandb package.*pip install -e "\.\[wandb\]"'):
+        validate(cfg)

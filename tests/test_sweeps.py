@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
 from gan_template.sweep import FINAL_METRICS
-from tests.conftest import REPO_ROOT
 
 RING = [
     "experiment=ring",

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import run
 
 from gan_template.loggers import TRACKER_RUNS
-from tests.helpers import run
 
 wandb = pytest.importorskip("wandb")
 mlflow = pytest.importorskip("mlflow")
