@@ -36,7 +36,7 @@ CONFIGS = {
 def time_run(overrides: list[str], iterations: int, warmup: int, run_dir: Path) -> float:
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     command = [
-        sys.executable, "-m", "gan_template", "experiment=ring", f"train.iterations={iterations}",
+        sys.executable, "-m", "gan_template", "experiment=ring", "model.discriminator.pack=1", f"train.iterations={iterations}",
         "trainer.enable_progress_bar=false", "~callbacks.toy_eval", "+callbacks.timer._target_=timing.IterationTimer", f"+callbacks.timer.warmup={warmup}", "extra_target_prefixes=[timing.]",
         "callbacks.checkpoint.every_n_iterations=0", f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip

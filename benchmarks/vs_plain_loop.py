@@ -61,7 +61,8 @@ from child import run_child
 KINDS = ("template", "unchecked", "published", "lightning", "loop", "plain")
 
 RECIPES = {
-    "toy": ["experiment=ring", "data.batch_size=256"],
+    # Unpacked D (model.discriminator.pack=1): the configuration the figures were measured with.
+    "toy": ["experiment=ring", "data.batch_size=256", "model.discriminator.pack=1"],
     "dcgan32": ["experiment=dcgan", "data.resolution=32", "data.batch_size=64"],
     "dcgan64": ["experiment=dcgan", "data.resolution=64", "data.batch_size=128"],
     # The networks of Lightning's GAN example, on digits at 32 px, as in that example.
