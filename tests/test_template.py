@@ -54,7 +54,7 @@ def test_the_package_is_renamed_everywhere(project: Path) -> None:
     assert leftovers == {}
     pyproject = files["pyproject.toml"]
     assert 'name = "my-gan"' in pyproject
-    assert 'my-gan = "my_gan.__main__:main"' in pyproject
+    assert 'my-gan = "my_gan.__main__:cli"' in pyproject
     assert "copier" not in pyproject  # a dependency of the template's own test only
     assert files["README.md"].startswith("# my-gan\n")
     assert "_target_: my_gan.nets.dcgan.DCGANGenerator" in files["conf/model/dcgan.yaml"]
