@@ -1,26 +1,14 @@
 """DDP for GANs without ``find_unused_parameters=True``.
 
-Lightning's DDP strategy wraps the whole LightningModule, so DDP's reducer
-expects a gradient for *every* parameter (generator and discriminator) in
-*every* backward. A GAN's discriminator update gives the generator no gradient
-and vice versa, so the reducer fails with "parameters that were not used in
-producing the loss" (Lightning issues #20328, #20866), unless
-``find_unused_parameters=True`` makes it walk the autograd graph after every
-backward.
-
-Instead, :func:`disable_reducer` switches the reducer off at the start of every
-``training_step`` (Lightning's ``_DDPForwardRedirection`` switches it back on
-after each step, so once is not enough), and :func:`all_reduce_gradients` averages exactly the gradients of the
-optimizer about to step, in one flat collective. Every rank runs the same
-backwards in the same order (the skip rule guarantees it), so the collectives
-always match. Cost: the all-reduce no longer overlaps the backward pass, which
-matters little for GAN-sized networks; the benchmark measures it.
-
-Buffers (BatchNorm running statistics) stay rank-local, as with
-``DistributedDataParallel(broadcast_buffers=False)``; checkpoints and samples
-come from rank 0. Parameters start identical (DDP broadcasts them when it wraps
-the module) and stay identical because every rank applies the same averaged
-gradients.
+Lightning's DDP wraps the whole module, so the reducer expects a gradient for
+every parameter in every backward; a GAN's D update gives G none (Lightning
+#20328, #20866). Instead of a graph walk per backward, :func:`disable_reducer`
+switches the reducer off each step (Lightning switches it back on after every
+step) and :func:`all_reduce_gradients` averages the stepping optimizer's
+gradients, with the skip flags, in one flat collective. Ranks run the same
+backwards in the same order, so the collectives match; parameters stay
+identical; buffers (BatchNorm statistics) stay rank-local, as with
+``broadcast_buffers=False``.
 """
 
 from __future__ import annotations
