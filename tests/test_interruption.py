@@ -23,6 +23,9 @@ def interrupt_once_training(run_dir: Path, cwd: Path, sig: signal.Signals) -> st
     process = subprocess.Popen(
         [sys.executable, "-m", "gan_template", *COMMON, "train.iterations=1000000", f"hydra.run.dir={run_dir}"],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # As in a terminal: a shell that started the tests in the background (`cmd &`)
+        # ignores SIGINT, the child would inherit that, and Python would then ignore Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         metrics = run_dir / "metrics.csv"
