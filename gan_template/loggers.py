@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.loggers import Logger as FabricLogger
+from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
@@ -207,7 +208,8 @@ class WandbLogger(LightningWandbLogger):
         if step is None:
             super().log_metrics(metrics)
         else:
-            self.experiment.log({**metrics, "iteration": step})
+            prefixed = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+            self.experiment.log({**prefixed, "iteration": step})
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

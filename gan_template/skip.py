@@ -101,7 +101,7 @@ class SkipRule:
                 parts.append(wants_skip.detach().reshape(1).float())
             else:
                 parts.append(loss.new_full((1,), float(bool(wants_skip)), dtype=torch.float32))
-        return torch.cat(parts)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy for one flag
 
     # ---- the accounting (host side, once per iteration) --------------------------------------
 
