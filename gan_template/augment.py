@@ -96,13 +96,12 @@ class DiffAugment:
         unknown = [name for name in names if name not in POLICIES]
         if unknown or not names:
             raise ValueError(
-                f"policy={policy!r}: choose comma-separated names from {sorted(POLICIES)}"
+                f"policy={policy!r}: must be comma-separated names from {sorted(POLICIES)}"
             )
-        if not (0 <= translation_ratio < 1 and 0 < cutout_ratio < 1):
-            raise ValueError(
-                f"translation_ratio={translation_ratio} must be in [0, 1) and "
-                f"cutout_ratio={cutout_ratio} in (0, 1)"
-            )
+        if not 0 <= translation_ratio < 1:
+            raise ValueError(f"translation_ratio={translation_ratio}: must be in [0, 1)")
+        if not 0 < cutout_ratio < 1:
+            raise ValueError(f"cutout_ratio={cutout_ratio}: must be in (0, 1)")
         self.policy = names
         self.ratios = {translation: translation_ratio, cutout: cutout_ratio}
 

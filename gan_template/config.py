@@ -17,18 +17,21 @@ Two layers, both before any data is loaded:
 
 from __future__ import annotations
 
+import collections.abc
 import importlib.util
 import inspect
+import types
+import typing
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.utils import get_method
+from hydra.errors import InstantiationException
+from hydra.utils import get_method, instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from gan_template.augment import POLICIES
 from gan_template.errors import ConfigError
 from gan_template.losses import LOSSES
 from gan_template.penalties import PENALTIES
@@ -58,16 +61,6 @@ class EMAConfig:
 
 
 @dataclass
-class SkipConfig:
-    max_consecutive: int = MISSING
-    inject_nonfinite_at: list[int] = MISSING
-    inject_rank: int | None = MISSING
-    check_gradients: bool = MISSING
-    check_losses: bool = MISSING
-    predicate: Any = MISSING
-
-
-@dataclass
 class LossConfig:
     name: str = MISSING
 
@@ -77,13 +70,6 @@ class PenaltyConfig:
     name: str = MISSING
     weight: float = MISSING
     interval: int = MISSING
-
-
-@dataclass
-class AugmentConfig:
-    policy: str = MISSING
-    translation_ratio: float = MISSING
-    cutout_ratio: float = MISSING
 
 
 @dataclass
@@ -100,13 +86,13 @@ class RunConfig:
     trainer: Any = MISSING
     logger: Any = None
     callbacks: Any = None
+    skip: Any = MISSING  # gan_template.skip.SkipRule
+    augment: Any = None  # gan_template.augment.DiffAugment, or null (augment=none)
     # Groups and sections with a fixed shape.
     loss: LossConfig = field(default_factory=LossConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
-    skip: SkipConfig = field(default_factory=SkipConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = MISSING
     ckpt_path: str | None = MISSING
@@ -136,7 +122,14 @@ def validate(cfg: DictConfig) -> None:
             "data.resolution, which toy data does not have; pick a model for the data "
             "(toy data: model=mlp; images: model=dcgan or model=resnet)"
         ) from None
+    # Structure and types first: the value checks below rely on them.
     problems += unknown_keys(cfg)
+    allowed = (*ALLOWED_TARGET_PREFIXES, *cfg.get("extra_target_prefixes", []))
+    for key, node in _target_nodes(cfg):
+        problems += _check_target(key, node, allowed)
+    if problems:
+        raise invalid_config(problems)
+
     metric = cfg.optimized_metric
     if metric is not None:
         evaluation = {"toy": "toy_eval", "image": "image_eval"}.get(metric.split("/")[0])
@@ -158,27 +151,19 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.penalty.name in penalties, "penalty.name", f"must be one of {penalties}")
     need(cfg.penalty.weight >= 0, "penalty.weight", "must be >= 0")
     need(cfg.penalty.interval >= 1, "penalty.interval", "must be >= 1")
-    policies = [name.strip() for name in cfg.augment.policy.split(",") if name.strip()]
     need(
-        all(name in POLICIES for name in policies),
-        "augment.policy",
-        f"must be empty or comma-separated names from {sorted(POLICIES)}",
-    )
-    need(0 <= cfg.augment.translation_ratio < 1, "augment.translation_ratio", "must be in [0, 1)")
-    need(0 < cfg.augment.cutout_ratio < 1, "augment.cutout_ratio", "must be in (0, 1)")
-    need(
-        not policies or cfg.data.get("resolution") is not None,
+        cfg.augment is None or cfg.data.get("resolution") is not None,
         "augment.policy",
         "augments images; this data has none (toy data: augment=none)",
     )
-    need(
-        cfg.skip.max_consecutive >= 0, "skip.max_consecutive", "must be >= 0 (0 disables the limit)"
-    )
-    need(
-        cfg.skip.inject_rank is None or cfg.skip.inject_rank >= 0,
-        "skip.inject_rank",
-        "must be >= 0 or null",
-    )
+    # Sections built from a _target_ whose constructor checks its own arguments: one
+    # place for each range; the constructor's message gets the section's name.
+    for section in CONSTRUCTOR_CHECKED:
+        if cfg[section] is not None:
+            try:
+                instantiate(cfg[section])
+            except InstantiationException as error:
+                problems.append(f"{section}.{error.__cause__ or error}")
     clip = cfg.optim.get("gradient_clip_norm")
     need(clip is None or clip > 0, "optim.gradient_clip_norm", "must be > 0 or null")
     for net in ("generator", "discriminator"):
@@ -211,17 +196,20 @@ def validate(cfg: DictConfig) -> None:
     channels = cfg.data.get("channels")
     need(channels is None or channels in (1, 3), "data.channels", "must be 1 (grey) or 3 (RGB)")
 
-    allowed = (*ALLOWED_TARGET_PREFIXES, *cfg.get("extra_target_prefixes", []))
-    for key, node in _target_nodes(cfg):
-        problems += _check_target(key, node, allowed)
     if problems:
-        raise ConfigError(
-            "invalid config:\n  - "
-            + "\n  - ".join(problems)
-            + "\n(`python -m gan_template --cfg job` "
-            "prints the composed config; conf/ documents every key)"
-        )
+        raise invalid_config(problems)
 
+
+def invalid_config(problems: list[str]) -> ConfigError:
+    return ConfigError(
+        "invalid config:\n  - "
+        + "\n  - ".join(problems)
+        + "\n(`python -m gan_template --cfg job` prints the composed config; conf/ documents every key)"
+    )
+
+
+#: Sections built from a ``_target_`` whose constructor checks the ranges of its arguments.
+CONSTRUCTOR_CHECKED = ("skip", "augment")
 
 #: Keys of the sections whose shape the schema leaves open (their ``_target_`` nodes are
 #: checked against their callables' signatures instead).
@@ -311,7 +299,74 @@ def _check_target(key: str, node: DictConfig, allowed: tuple[str, ...]) -> list[
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return []
     unknown = [str(k) for k in node if not str(k).startswith("_") and k not in parameters]
-    return [
+    problems = [
         f"{key}.{name}: not a parameter of {target}; valid: {sorted(p for p in parameters if p != 'self')}"
         for name in unknown
     ]
+    if str(target).startswith("gan_template."):  # our annotations are the schema of these nodes
+        problems += _type_problems(key, node, factory)
+    return problems
+
+
+def _type_problems(key: str, node: DictConfig, factory: Any) -> list[str]:
+    """Values of ``node`` that do not match the annotations of ``factory``'s parameters.
+
+    Plain types only (bool, int, float, str, None, lists and tuples of them,
+    Literal, unions); anything else is left to the callable.
+    """
+    try:
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # an annotation that cannot be evaluated here: no check
+        return []
+    problems = []
+    for name in map(str, node):
+        child = node._get_node(name)
+        if name.startswith("_") or name not in hints:
+            continue
+        if isinstance(child, DictConfig) and "_target_" in child:
+            continue  # an object built by its own _target_, checked on its own
+        value = OmegaConf.to_object(child) if isinstance(child, (DictConfig, ListConfig)) else node[name]
+        if not _matches(value, hints[name]):
+            problems.append(f"{key}.{name}={value!r}: must be {_describe(hints[name])}")
+    return problems
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_matches, value, args))
+        return not args or all(_matches(item, args[0]) for item in value)
+    return True  # a type this check does not model: the callable decides
+
+
+def _describe(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is not None:
+        inner = _describe(args[0]) if args else "values"
+        return f"a list of {inner}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )

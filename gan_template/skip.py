@@ -68,7 +68,9 @@ class SkipRule:
         check_gradients: bool = True,
     ) -> None:
         if max_consecutive < 0:
-            raise ValueError(f"max_consecutive={max_consecutive} must be >= 0 (0: never stop)")
+            raise ValueError(f"max_consecutive={max_consecutive}: must be >= 0 (0: never stop)")
+        if inject_rank is not None and inject_rank < 0:
+            raise ValueError(f"inject_rank={inject_rank}: must be >= 0 or None (every rank)")
         self.max_consecutive = max_consecutive
         self.inject_nonfinite_at = frozenset(int(i) for i in inject_nonfinite_at)
         self.inject_rank = inject_rank

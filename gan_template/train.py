@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gan_template import nets
-from gan_template.augment import DiffAugment
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
 from gan_template.config import validate
@@ -29,7 +28,6 @@ from gan_template.errors import ConfigError
 from gan_template.module import GANModule
 from gan_template.resume import config_changes, shape_changes
 from gan_template.schedule import StepSchedule
-from gan_template.skip import SkipRule
 from gan_template.sweep import FINAL_METRICS
 
 log = logging.getLogger(__name__)
@@ -63,19 +61,8 @@ def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
         penalty=cfg.penalty.name,
         penalty_weight=cfg.penalty.weight,
         schedule=StepSchedule(n_critic=cfg.train.n_critic, penalty_interval=cfg.penalty.interval),
-        augment=DiffAugment(
-            cfg.augment.policy, cfg.augment.translation_ratio, cfg.augment.cutout_ratio
-        )
-        if cfg.augment.policy
-        else None,
-        skip_rule=SkipRule(
-            max_consecutive=cfg.skip.max_consecutive,
-            inject_nonfinite_at=cfg.skip.inject_nonfinite_at,
-            inject_rank=cfg.skip.inject_rank,
-            predicate=instantiate(cfg.skip.predicate) if cfg.skip.predicate else None,
-            check_gradients=cfg.skip.check_gradients,
-            check_losses=cfg.skip.check_losses,
-        ),
+        augment=instantiate(cfg.augment),  # None with augment=none
+        skip_rule=instantiate(cfg.skip),
         gradient_clip_norm=optim.gradient_clip_norm,
         ema_decay=cfg.ema.decay if cfg.ema.enabled else None,
         ema_rampup=cfg.ema.rampup,

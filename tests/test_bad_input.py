@@ -54,6 +54,21 @@ CASES = [
         "penalty.name='gp': must be one of ['none', 'gradient_penalty', 'r1', 'r1_r2', 'r2']",
     ),
     (["skip.max_consecutive=-1"], 2, "skip.max_consecutive=-1: must be >= 0"),
+    # Sections built from a _target_: its signature is their schema, its constructor their ranges.
+    (
+        ["skip.max_consecutive=many", "model.generator.width=abc", "+skip.foo=1"],
+        2,
+        [
+            "skip.max_consecutive='many': must be an integer",
+            "model.generator.width='abc': must be an integer",
+            "skip.foo: not a parameter of gan_template.skip.SkipRule",
+        ],
+    ),
+    (
+        ["augment=diffaugment", "augment.cutout_ratio=2", "skip.inject_rank=-2"],
+        2,
+        ["augment.cutout_ratio=2: must be in (0, 1)", "skip.inject_rank=-2: must be >= 0"],
+    ),
     (
         ["optimized_metric=toy/reverse_kl"],  # the default recipe evaluates images
         2,
