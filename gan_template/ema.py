@@ -25,7 +25,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from gan_template import nets
+from gan_template import models
 
 
 def batch_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -62,7 +62,7 @@ def recompute_batch_norm(
     generator.train()
     device = next(generator.parameters()).device
     rng = torch.Generator().manual_seed(seed)
-    latent, classes = nets.latent_dim(generator), nets.num_classes(generator)
+    latent, classes = models.latent_dim(generator), models.num_classes(generator)
     try:
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from gan_template import nets
+from gan_template import models
 from gan_template.ema import GeneratorEMA
 from gan_template.loggers import EpochMeans, as_numbers, log_at_iteration
 from gan_template.losses import discriminator_statistics, get_loss
@@ -130,8 +130,8 @@ class GANModule(L.LightningModule):
 
         self.generator = generator
         self.discriminator = discriminator
-        self.latent_dim = nets.latent_dim(generator)
-        self.num_classes = nets.num_classes(generator)
+        self.latent_dim = models.latent_dim(generator)
+        self.num_classes = models.num_classes(generator)
         self.generator_ema = (
             GeneratorEMA(generator, ema_decay, ema_rampup, ema_batch_norm_samples)
             if ema_decay is not None

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from gan_template import nets
+from gan_template import models
 from gan_template.checkpoint_io import check_readable
 from gan_template.ema import recompute_batch_norm
 from gan_template.errors import UserInputError
@@ -68,11 +68,11 @@ def sample(generator: nn.Module, n: int, seed: int = 0, batch_size: int = 1024) 
     represented equally.
     """
     noise = torch.randn(
-        n, nets.latent_dim(generator), generator=torch.Generator().manual_seed(seed)
+        n, models.latent_dim(generator), generator=torch.Generator().manual_seed(seed)
     )
-    classes = nets.num_classes(generator)
+    classes = models.num_classes(generator)
     labels = torch.arange(n) % classes if classes else None
-    return nets.generate(generator, noise, labels, chunk_size=batch_size)
+    return models.generate(generator, noise, labels, chunk_size=batch_size)
 
 
 def save_image_grid(samples: torch.Tensor, path: Path, max_images: int = 64) -> None:

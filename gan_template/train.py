@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from gan_template import nets
+from gan_template import models
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
 from gan_template.config import validate
@@ -125,7 +125,7 @@ def check_shapes(module: GANModule, datamodule: L.LightningDataModule) -> None:
             "self.sample_shape (the shape of one sample, e.g. (2,) or (3, 32, 32)) in its __init__"
         )
     data_shape = tuple(data_shape)
-    generated = nets.sample_shape(module.generator)
+    generated = models.sample_shape(module.generator)
     if data_shape != generated:
         raise ConfigError(
             f"the generator produces samples of shape {generated} but the data "

@@ -80,7 +80,7 @@ CASES = [
     (
         ["+model.generator.widht=8"],
         2,
-        "model.generator.widht: not a parameter of gan_template.nets.dcgan",
+        "model.generator.widht: not a parameter of gan_template.models.dcgan",
     ),
     (
         ["model.generator._target_=os.system"],

@@ -36,7 +36,7 @@ def doc_blocks() -> tuple[dict[str, tuple[str, str]], list[str]]:
 
 def test_the_page_has_the_four_examples() -> None:
     files, commands = doc_blocks()
-    assert {"gan_template/nets/residual_mlp.py", "gan_template/losses.py", "gan_template/data/moons.py",
+    assert {"gan_template/models/residual_mlp.py", "gan_template/losses.py", "gan_template/data/moons.py",
             "gan_template/metrics/sliced_wasserstein.py"} <= files.keys()  # fmt: skip
     assert sum(c.startswith("python -m gan_template ") for c in commands) == 4
     assert sum(c.startswith("python -m pytest") for c in commands) == 2

@@ -18,7 +18,7 @@ from PIL import Image
 from gan_template.callbacks.image_eval import ImageQualityEvaluation
 from gan_template.data.images import ImageDataModule
 from gan_template.metrics.images import class_coverage, fid_kid, to_unit_range
-from gan_template.nets.dcgan import DCGANGenerator
+from gan_template.models.dcgan import DCGANGenerator
 
 
 @pytest.fixture(scope="module")

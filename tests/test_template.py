@@ -57,7 +57,7 @@ def test_the_package_is_renamed_everywhere(project: Path) -> None:
     assert 'my-gan = "my_gan.__main__:cli"' in pyproject
     assert "copier" not in pyproject  # a dependency of the template's own test only
     assert files["README.md"].startswith("# my-gan\n")
-    assert "_target_: my_gan.nets.dcgan.DCGANGenerator" in files["conf/model/dcgan.yaml"]
+    assert "_target_: my_gan.models.dcgan.DCGANGenerator" in files["conf/model/dcgan.yaml"]
     assert "MY_GAN_CACHE" in files["my_gan/callbacks/image_eval.py"]
 
 

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
-from gan_template import nets
+from gan_template import models
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.loggers import log_at_iteration
 from gan_template.metrics.classifier import (
@@ -125,7 +125,7 @@ class ImageQualityEvaluation(EveryNIterations):
         rng = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(len(labels), pl_module.latent_dim, generator=rng)
         conditioning = labels if pl_module.conditional else None
-        return nets.generate(pl_module.sampling_generator, noise, conditioning, chunk_size=250)
+        return models.generate(pl_module.sampling_generator, noise, conditioning, chunk_size=250)
 
     @torch.no_grad()
     @isolate_rng()  # metrics draw (KID subsets, noise) without moving training's streams

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torchvision.utils import make_grid, save_image
 
-from gan_template import nets
+from gan_template import models
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.loggers import log_image
 from gan_template.module import GANModule
@@ -48,7 +48,7 @@ class SampleGrid(EveryNIterations):
             if pl_module.conditional
             else None
         )
-        images = nets.generate(pl_module.sampling_generator, noise, labels)
+        images = models.generate(pl_module.sampling_generator, noise, labels)
         grid = make_grid(
             images,
             nrow=self.columns,

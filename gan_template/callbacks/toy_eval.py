@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from gan_template import nets
+from gan_template import models
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.loggers import log_at_iteration, log_image
 from gan_template.metrics.toy import ModeCoverage, mode_coverage
@@ -67,7 +67,7 @@ class ToyMixtureEvaluation(EveryNIterations):
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
         rng = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(self.num_samples, pl_module.latent_dim, generator=rng)
-        samples = nets.generate(pl_module.sampling_generator, noise)
+        samples = models.generate(pl_module.sampling_generator, noise)
 
         self.result = mode_coverage(samples, datamodule.modes, datamodule.std)
         metrics = {

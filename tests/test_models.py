@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gan_template.nets.dcgan import DCGANDiscriminator, DCGANGenerator
-from gan_template.nets.resnet import ResNetDiscriminator, ResNetGenerator
+from gan_template.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from gan_template.models.resnet import ResNetDiscriminator, ResNetGenerator
 
 FAMILIES = [(DCGANGenerator, DCGANDiscriminator), (ResNetGenerator, ResNetDiscriminator)]
 
@@ -60,7 +60,7 @@ def test_unsupported_resolution_names_the_value_and_the_fix(resolution: int) -> 
 
 
 def test_mlp_generator_batch_norm_option() -> None:
-    from gan_template.nets.mlp import MLPGenerator
+    from gan_template.models.mlp import MLPGenerator
 
     plain, normed = MLPGenerator(depth=3), MLPGenerator(depth=3, batch_norm=True)
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in normed.modules()) == 3

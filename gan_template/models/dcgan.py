@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from gan_template.nets.common import LabelConditioning, ProjectionHead, num_doublings
+from gan_template.models.common import LabelConditioning, ProjectionHead, num_doublings
 
 
 class DCGANGenerator(nn.Module):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_template.nets.common import LabelConditioning, ProjectionHead, num_doublings
+from gan_template.models.common import LabelConditioning, ProjectionHead, num_doublings
 
 spectral_norm = nn.utils.parametrizations.spectral_norm
 
