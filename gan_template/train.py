@@ -45,14 +45,24 @@ def build_network(cfg: DictConfig, which: str, num_classes: int = 0) -> nn.Modul
     return instantiate(cfg.model[which], num_classes=num_classes)
 
 
+def optimizer_factory(node: DictConfig) -> Any:
+    """``params -> Optimizer`` from a ``_partial_`` node, with ``betas`` as floats.
+
+    YAML reads ``betas: [0, 0.99]`` as an int and a float, which torch's Adam
+    refuses ("betas must be either both floats or both Tensors").
+    """
+    betas = node.get("betas")
+    return instantiate(node, **({} if betas is None else {"betas": [float(b) for b in betas]}))
+
+
 def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
     """The GANModule a config describes (networks freshly initialised)."""
     optim = cfg.optim
     return GANModule(
         generator=build_network(cfg, "generator", num_classes),
         discriminator=build_network(cfg, "discriminator", num_classes),
-        optimizer_g=instantiate(optim.generator),
-        optimizer_d=instantiate(optim.discriminator),
+        optimizer_g=optimizer_factory(optim.generator),
+        optimizer_d=optimizer_factory(optim.discriminator),
         scheduler_g=instantiate(optim.generator_scheduler) if optim.generator_scheduler else None,
         scheduler_d=instantiate(optim.discriminator_scheduler)
         if optim.discriminator_scheduler

@@ -76,3 +76,15 @@ def test_a_logger_whose_package_is_missing_is_refused_with_the_install_command(
     )
     with pytest.raises(ConfigError, match=r'needs the wandb package.*pip install -e "\.\[wandb\]"'):
         validate(cfg)
+
+
+def test_integer_betas_are_accepted(make_config) -> None:
+    # `betas=[0,0.99]` (R3GAN's and StyleGAN's beta1 = 0) gives YAML an int, which torch's
+    # Adam refuses with a traceback unless the template converts it.
+    from gan_template.train import build_module
+
+    cfg = make_config("experiment=ring", "optim.generator.betas=[0,0.99]")
+    module = build_module(cfg)
+    optimizer = module.make_optimizer_g(module.generator.parameters())
+    betas = optimizer.param_groups[0]["betas"]
+    assert tuple(betas) == (0.0, 0.99) and all(type(b) is float for b in betas)
