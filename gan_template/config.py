@@ -325,7 +325,11 @@ def _type_problems(key: str, node: DictConfig, factory: Any) -> list[str]:
             continue
         if isinstance(child, DictConfig) and "_target_" in child:
             continue  # an object built by its own _target_, checked on its own
-        value = OmegaConf.to_object(child) if isinstance(child, (DictConfig, ListConfig)) else node[name]
+        value = (
+            OmegaConf.to_object(child)
+            if isinstance(child, (DictConfig, ListConfig))
+            else node[name]
+        )
         if not _matches(value, hints[name]):
             problems.append(f"{key}.{name}={value!r}: must be {_describe(hints[name])}")
     return problems
