@@ -360,17 +360,26 @@ def _matches(value: Any, hint: Any) -> bool:
     return True  # a type this check does not model: the callable decides
 
 
-def _describe(hint: Any) -> str:
+def _describe(hint: Any, plural: bool = False) -> str:
     if hint is type(None):
         return "null"
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg) for arg in args)
+        return " or ".join(_describe(arg, plural) for arg in args)
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, args))
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return f"a list of {len(args)} " + " and ".join(
+            dict.fromkeys(_describe(arg, plural=True) for arg in args)
+        )
     if origin is not None:
-        inner = _describe(args[0]) if args else "values"
-        return f"a list of {inner}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, getattr(hint, "__name__", str(hint))
-    )
+        return "a list" + (f" of {_describe(args[0], plural=True)}" if args else "")
+    names = {
+        bool: ("true or false", "booleans"),
+        int: ("an integer", "integers"),
+        float: ("a number", "numbers"),
+        str: ("a string", "strings"),
+    }
+    if hint in names:
+        return names[hint][plural]
+    return getattr(hint, "__name__", str(hint))

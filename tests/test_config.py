@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from conftest import CONFIG_DIR
@@ -88,3 +89,41 @@ def test_integer_betas_are_accepted(make_config) -> None:
     optimizer = module.make_optimizer_g(module.generator.parameters())
     betas = optimizer.param_groups[0]["betas"]
     assert tuple(betas) == (0.0, 0.99) and all(type(b) is float for b in betas)
+
+
+def annotated(
+    count: int,
+    scale: float,
+    name: str,
+    flag: bool,
+    maybe: int | None,
+    sizes: list[int],
+    pair: tuple[float, float],
+    mode: Literal["a", "b"],
+    anything: object,
+) -> None:
+    """A callable whose annotations the config check reads."""
+
+
+@pytest.mark.parametrize(
+    ("key", "good", "bad", "message"),
+    [
+        ("count", 3, 3.5, "must be an integer"),
+        ("count", 3, True, "must be an integer"),
+        ("scale", 1, "x", "must be a number"),
+        ("name", "ok", 1, "must be a string"),
+        ("flag", False, "no", "must be true or false"),
+        ("maybe", None, "x", "must be an integer or null"),
+        ("sizes", [1, 2], [1, "x"], "must be a list of integers"),
+        ("pair", [0, 0.9], [0.5], "must be a list of 2 numbers"),
+        ("mode", "a", "c", "must be one of 'a', 'b'"),
+    ],
+)
+def test_target_values_are_checked_against_annotations(key, good, bad, message) -> None:
+    from gan_template.config import _type_problems
+
+    assert _type_problems("x", OmegaConf.create({key: good}), annotated) == []
+    (problem,) = _type_problems("x", OmegaConf.create({key: bad}), annotated)
+    assert problem.startswith(f"x.{key}=") and message in problem, problem
+    # Types the check does not model are left to the callable.
+    assert _type_problems("x", OmegaConf.create({"anything": "x"}), annotated) == []
