@@ -11,7 +11,9 @@ Two layers, both before any data is loaded:
    can produce, ...), that every ``_target_`` lies in an allowed package
    (Hydra 1.4 will require such an allow-list), and that every key of a
    ``_target_`` node is a parameter of that callable (``model.generator.widht``
-   would otherwise fail late, deep inside ``instantiate``). All problems are
+   would otherwise fail late, deep inside ``instantiate``) and, for
+   ``gan_template``'s own callables, of the annotated type. Sections built from a
+   ``_target_`` (``skip``, ``augment``) get their ranges from their constructor. All problems are
    reported at once, each naming the key, the value and what is allowed.
 """
 
