@@ -1,7 +1,7 @@
 """The toy recipes, exactly as shipped, meet their mode-coverage bars on this machine (seed 0).
 
 The ring runs in the default suite (about a minute). The grid needs 40,000
-iterations (a few minutes), so it is marked ``slow``; CI runs it after the
+iterations (about 14 minutes on 1 CPU thread), so it is marked ``slow``; CI runs it after the
 default suite (``.ci/run``). The bars sit below what seeds 0-9 measured
 (README, toy benchmark), so they fail on a broken recipe, not on noise.
 """
