@@ -71,7 +71,7 @@ RECIPES = {
         "model=mlp_image",
         "data.resolution=32",
         "data.batch_size=64",
-        "ema.enabled=false",
+        "ema=none",
     ],
 }
 

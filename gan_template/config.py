@@ -6,15 +6,17 @@ Two layers, both before any data is loaded:
    ConfigStore as ``schema`` and is the first entry of ``conf/config.yaml``'s
    defaults, so Hydra refuses an unknown key (``trian.iterations=5``) or a
    value of the wrong type (``train.iterations=many``) while composing.
-2. **Values and targets.** :func:`validate` checks ranges and names (n_critic
-   >= 1, lr > 0, EMA decay in [0, 1), a known loss, a resolution the networks
-   can produce, ...), that every ``_target_`` lies in an allowed package
-   (Hydra 1.4 will require such an allow-list), and that every key of a
-   ``_target_`` node is a parameter of that callable (``model.generator.widht``
-   would otherwise fail late, deep inside ``instantiate``) and, for
-   ``gan_template``'s own callables, of the annotated type. Sections built from a
-   ``_target_`` (``skip``, ``augment``) get their ranges from their constructor. All problems are
-   reported at once, each naming the key, the value and what is allowed.
+2. **Values and targets.** :func:`validate` checks what neither Hydra nor the
+   constructors can: that every ``_target_`` lies in an allowed package (Hydra
+   1.4 will require such an allow-list), that every key of a ``_target_`` node
+   is a parameter of that callable (``model.generator.widht`` would otherwise
+   fail late, deep inside ``instantiate``) and, for ``gan_template``'s own
+   callables, of the annotated type; keys added with ``+``; groups that do not
+   fit together; and values the networks or the data need (a resolution the
+   networks can produce). The parts of the module (``loss``, ``penalty``,
+   ``skip``, ``augment``, ``ema``) are built once here, so their constructors'
+   range checks are reported with the rest. All problems are reported at
+   once, each naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
+from torch import nn
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from gan_template.errors import ConfigError
-from gan_template.losses import LOSSES
-from gan_template.penalties import PENALTIES
+from gan_template.schedule import Schedule
 
 #: Packages whose callables a config may instantiate, besides ``extra_target_prefixes``.
 ALLOWED_TARGET_PREFIXES = ("gan_template.", "torch.", "torchvision.", "torchmetrics.", "lightning.")
@@ -55,26 +57,6 @@ class TrainConfig:
 
 
 @dataclass
-class EMAConfig:
-    enabled: bool = MISSING
-    decay: float = MISSING
-    rampup: float | None = MISSING
-    batch_norm_samples: int = MISSING
-
-
-@dataclass
-class LossConfig:
-    name: str = MISSING
-
-
-@dataclass
-class PenaltyConfig:
-    name: str = MISSING
-    weight: float = MISSING
-    interval: int = MISSING
-
-
-@dataclass
 class PathsConfig:
     run_dir: str = MISSING
 
@@ -88,13 +70,15 @@ class RunConfig:
     trainer: Any = MISSING
     logger: Any = None
     callbacks: Any = None
+    # Parts of the module, each a _target_ node (null where the part is optional).
+    loss: Any = MISSING  # gan_template.losses.*
+    penalty: Any = None  # gan_template.penalties.*, or null (penalty=none)
     skip: Any = MISSING  # gan_template.skip.SkipRule
     augment: Any = None  # gan_template.augment.DiffAugment, or null (augment=none)
-    # Groups and sections with a fixed shape.
-    loss: LossConfig = field(default_factory=LossConfig)
-    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    ema: Any = None  # gan_template.ema.GeneratorEMA (a partial), or null (ema=none)
+    module: Any = MISSING  # gan_template.module.GANModule: the parts above, wired
+    # Sections with a fixed shape.
     train: TrainConfig = field(default_factory=TrainConfig)
-    ema: EMAConfig = field(default_factory=EMAConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = MISSING
     ckpt_path: str | None = MISSING
@@ -126,6 +110,17 @@ def validate(cfg: DictConfig) -> None:
         ) from None
     # Structure and types first: the value checks below rely on them.
     problems += unknown_keys(cfg)
+    for section in PART_SECTIONS:
+        node = cfg._get_node(section)
+        if node is not None and not _is_none(node) and not (
+            isinstance(node, DictConfig) and "_target_" in node
+        ):
+            value = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
+            problems.append(
+                f"{section}={value!r}: must be a {{_target_: ...}} node"
+                + ("" if section in ("loss", "skip", "module") else " or null")
+                + f"; choose an option of conf/{section}/ ({section}=<option>) or give a _target_"
+            )
     allowed = (*ALLOWED_TARGET_PREFIXES, *cfg.get("extra_target_prefixes", []))
     for key, node in _target_nodes(cfg):
         problems += _check_target(key, node, allowed)
@@ -145,14 +140,6 @@ def validate(cfg: DictConfig) -> None:
     need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32 - 1]")
     need(cfg.train.iterations >= 1, "train.iterations", "must be >= 1")
     need(cfg.train.n_critic >= 1, "train.n_critic", "must be >= 1")
-    need(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
-    need(cfg.ema.rampup is None or cfg.ema.rampup > 0, "ema.rampup", "must be > 0 or null")
-    need(cfg.ema.batch_norm_samples >= 0, "ema.batch_norm_samples", "must be >= 0 (0: off)")
-    need(cfg.loss.name in LOSSES, "loss.name", f"must be one of {sorted(LOSSES)}")
-    penalties = ["none", *sorted(PENALTIES)]
-    need(cfg.penalty.name in penalties, "penalty.name", f"must be one of {penalties}")
-    need(cfg.penalty.weight >= 0, "penalty.weight", "must be >= 0")
-    need(cfg.penalty.interval >= 1, "penalty.interval", "must be >= 1")
     need(
         cfg.augment is None or cfg.data.get("resolution") is not None,
         "augment.policy",
@@ -163,17 +150,22 @@ def validate(cfg: DictConfig) -> None:
     for section in CONSTRUCTOR_CHECKED:
         if cfg[section] is not None:
             try:
-                instantiate(cfg[section])
+                part = instantiate(cfg[section])
+                if section == "ema":  # a partial: built around a stand-in for the generator
+                    part(nn.Identity())
             except InstantiationException as error:
                 problems.append(f"{section}.{error.__cause__ or error}")
+            except ValueError as error:  # raised by a partial's constructor
+                problems.append(f"{section}.{error}")
     clip = cfg.optim.get("gradient_clip_norm")
     need(clip is None or clip > 0, "optim.gradient_clip_norm", "must be > 0 or null")
     for net in ("generator", "discriminator"):
         lr = OmegaConf.select(cfg, f"optim.{net}.lr", default=None)
-        need(lr is None or lr > 0, f"optim.{net}.lr", "must be > 0")
+        need(lr is None or all(v > 0 for v in _values(lr)), f"optim.{net}.lr", "must be > 0")
         betas = OmegaConf.select(cfg, f"optim.{net}.betas", default=None)
         need(
-            betas is None or (len(betas) == 2 and all(0 <= b < 1 for b in betas)),
+            betas is None
+            or (len(betas) == 2 and all(0 <= v < 1 for b in betas for v in _values(b))),
             f"optim.{net}.betas",
             "must be two numbers in [0, 1), e.g. [0.5, 0.999]",
         )
@@ -202,6 +194,14 @@ def validate(cfg: DictConfig) -> None:
         raise invalid_config(problems)
 
 
+def _values(node: Any) -> tuple[float, ...]:
+    """A number, or the extreme values of the schedule a ``_target_`` node builds."""
+    if isinstance(node, DictConfig):
+        schedule = instantiate(node)
+        return schedule.extremes() if isinstance(schedule, Schedule) else ()
+    return (node,)
+
+
 def invalid_config(problems: list[str]) -> ConfigError:
     return ConfigError(
         "invalid config:\n  - "
@@ -210,8 +210,11 @@ def invalid_config(problems: list[str]) -> ConfigError:
     )
 
 
+#: Sections that are one ``_target_`` node each.
+PART_SECTIONS = ("loss", "penalty", "skip", "augment", "ema", "module")
+
 #: Sections built from a ``_target_`` whose constructor checks the ranges of its arguments.
-CONSTRUCTOR_CHECKED = ("skip", "augment")
+CONSTRUCTOR_CHECKED = ("loss", "penalty", "skip", "augment", "ema")
 
 #: Keys of the sections whose shape the schema leaves open (their ``_target_`` nodes are
 #: checked against their callables' signatures instead).
@@ -261,6 +264,10 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _is_none(node: Any) -> bool:
+    return bool(getattr(node, "_is_none", lambda: False)())
+
+
 def _target_nodes(node: Any, key: str = "") -> list[tuple[str, DictConfig]]:
     found: list[tuple[str, DictConfig]] = []
     if isinstance(node, DictConfig):
@@ -269,6 +276,8 @@ def _target_nodes(node: Any, key: str = "") -> list[tuple[str, DictConfig]]:
         for child_key in node:
             child = node._get_node(child_key)
             child_name = str(child_key)
+            if child is not None and child._is_interpolation():
+                continue  # another section, checked where it is defined (module: ${loss})
             found += _target_nodes(child, f"{key}.{child_name}" if key else child_name)
     elif isinstance(node, ListConfig):
         for i, child in enumerate(node):

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from gan_template import models
+from gan_template.schedule import Schedule, check_range
 
 
 def batch_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -86,7 +87,8 @@ class GeneratorEMA(nn.Module):
 
     Args:
         generator: the network to average (copied; the original is not touched).
-        decay: the final per-update decay, in [0, 1).
+        decay: the final per-update decay, in [0, 1) (a number, or a schedule of the
+            iteration that the module evaluates: ``gan_template/schedule.py``).
         rampup: horizon growth per update (StyleGAN2 uses 0.05); None disables the ramp.
         batch_norm_samples: generated samples that re-estimate the BatchNorm
             statistics of the copy :meth:`for_sampling` returns; 0 samples with
@@ -96,17 +98,16 @@ class GeneratorEMA(nn.Module):
     def __init__(
         self,
         generator: nn.Module,
-        decay: float = 0.999,
-        rampup: float | None = 0.05,
+        decay: float | Schedule = 0.999,
+        rampup: float | Schedule | None = 0.05,
         batch_norm_samples: int = 2048,
     ) -> None:
         super().__init__()
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay={decay} must be in [0, 1)")
-        if rampup is not None and rampup <= 0:
-            raise ValueError(f"rampup={rampup} must be > 0 (or None: no ramp)")
+        check_range("decay", decay, low=0.0, high=1.0, high_inclusive=False)
+        if rampup is not None:
+            check_range("rampup", rampup, low=1e-12)
         if batch_norm_samples < 0:
-            raise ValueError(f"batch_norm_samples={batch_norm_samples} must be >= 0")
+            raise ValueError(f"batch_norm_samples={batch_norm_samples}: must be >= 0 (0: off)")
         self.decay = decay
         self.rampup = rampup
         self.batch_norm_samples = batch_norm_samples

@@ -1,31 +1,21 @@
-"""Adversarial losses as pure functions of discriminator outputs.
+"""Adversarial losses: pure functions of discriminator outputs, and the objects a config selects.
 
 Each loss is a pair: the discriminator's loss given its outputs (logits) on
 real and fake samples, and the generator's loss given its outputs on fake
 samples (and, for relativistic losses, on the real ones: ``pairs_real_and_fake``).
-Both return a scalar (mean over the batch). Nothing here knows about
-optimizers, Lightning or Hydra, so every loss can be checked by hand.
+Both return a scalar (mean over the batch). The functions are the maths, each
+checked by hand in ``tests/test_losses.py``; the classes below are what
+``conf/loss/*.yaml`` names with ``_target_`` (their constructor arguments are
+the loss's hyperparameters). Nothing here knows about optimizers, Lightning or
+Hydra. A loss of your own subclasses :class:`AdversarialLoss`, in your package
+if you like (``docs/extending.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-@dataclass(frozen=True)
-class AdversarialLoss:
-    """A discriminator loss and the generator loss it is paired with."""
-
-    name: str
-    discriminator_loss: Callable[[Tensor, Tensor], Tensor]
-    generator_loss: Callable[[Tensor, Tensor | None], Tensor]
-    pairs_real_and_fake: bool = False
-    """The generator's loss reads D(real) too: the G update needs a D forward on real data."""
 
 
 def non_saturating_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -85,24 +75,77 @@ def relativistic_g(fake_logits: Tensor, real_logits: Tensor | None = None) -> Te
     return F.softplus(real_logits - fake_logits).mean()
 
 
-LOSSES: dict[str, AdversarialLoss] = {
-    loss.name: loss
-    for loss in (
-        AdversarialLoss("non_saturating", non_saturating_d, non_saturating_g),
-        AdversarialLoss("hinge", hinge_d, hinge_g),
-        AdversarialLoss("wasserstein", wasserstein_d, wasserstein_g),
-        AdversarialLoss("least_squares", least_squares_d, least_squares_g),
-        AdversarialLoss("relativistic", relativistic_d, relativistic_g, pairs_real_and_fake=True),
-    )
-}
+class AdversarialLoss:
+    """A discriminator loss and the generator loss it is paired with.
+
+    Subclasses override both methods; hyperparameters are constructor
+    arguments (the config's keys under ``loss:``), checked there.
+    """
+
+    #: The generator's loss reads D(real) too: the G update needs a D forward on real data.
+    pairs_real_and_fake: bool = False
+
+    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({arguments})"
 
 
-def get_loss(name: str) -> AdversarialLoss:
-    """Look a loss up by its config name, failing with the list of valid names."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"loss {name!r} is not known; choose one of {sorted(LOSSES)}") from None
+class NonSaturating(AdversarialLoss):
+    """The standard GAN loss with the non-saturating generator loss (Goodfellow et al., 2014)."""
+
+    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return non_saturating_d(real_logits, fake_logits)
+
+    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+        return non_saturating_g(fake_logits)
+
+
+class Hinge(AdversarialLoss):
+    """The hinge loss of SNGAN and BigGAN."""
+
+    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return hinge_d(real_logits, fake_logits)
+
+    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+        return hinge_g(fake_logits)
+
+
+class Wasserstein(AdversarialLoss):
+    """The WGAN critic loss; pair it with a Lipschitz penalty (penalty=gradient_penalty)."""
+
+    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return wasserstein_d(real_logits, fake_logits)
+
+    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+        return wasserstein_g(fake_logits)
+
+
+class LeastSquares(AdversarialLoss):
+    """LSGAN with targets 0 (fake), 1 (real) and 1 (the generator's)."""
+
+    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return least_squares_d(real_logits, fake_logits)
+
+    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+        return least_squares_g(fake_logits)
+
+
+class Relativistic(AdversarialLoss):
+    """The relativistic pairing loss (RpGAN) of R3GAN; both losses read D(real) and D(fake)."""
+
+    pairs_real_and_fake = True
+
+    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return relativistic_d(real_logits, fake_logits)
+
+    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+        return relativistic_g(fake_logits, real_logits)
 
 
 @torch.no_grad()  # metrics only: no autograd bookkeeping for them

@@ -37,10 +37,15 @@ from torch.optim.lr_scheduler import LRScheduler
 from gan_template import models
 from gan_template.ema import GeneratorEMA
 from gan_template.loggers import EpochMeans, as_numbers, log_at_iteration
-from gan_template.losses import discriminator_statistics, get_loss
-from gan_template.penalties import get_penalty
+from gan_template.losses import AdversarialLoss, NonSaturating, discriminator_statistics
+from gan_template.penalties import Penalty
 from gan_template.resume import gather_rng_states, restore_rng_state
-from gan_template.schedule import StepSchedule
+from gan_template.schedule import (
+    ScheduledHyperparameters,
+    StepSchedule,
+    param_group_setter,
+    split_optimizer_schedules,
+)
 from gan_template.skip import SkipRule
 from gan_template.update import Updates
 
@@ -69,36 +74,41 @@ def frozen(net: nn.Module | Iterable[nn.Parameter]) -> Iterator[None]:
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
+EMAFactory = Callable[[nn.Module], GeneratorEMA]
 
 
 class GANModule(L.LightningModule):
     """A GAN trained with alternating discriminator and generator updates.
 
+    ``python -m gan_template`` builds it from the config's ``module:`` node
+    (``conf/config.yaml``), whose keys are these arguments, each filled from
+    its section of the config.
+
     Args:
         generator: maps ``(batch, generator.latent_dim)`` noise to samples.
         discriminator: maps samples to one logit each.
-        optimizer_g / optimizer_d: ``params -> Optimizer`` (Hydra ``_partial_: true``).
+        optimizer_g / optimizer_d: ``params -> Optimizer`` (Hydra ``_partial_: true``);
+            ``lr`` and ``betas`` may hold schedules (``schedule.py``).
         scheduler_g / scheduler_d: optional ``optimizer -> LRScheduler``, stepped once per iteration.
-        loss: adversarial loss name (``losses.LOSSES``).
-        penalty: discriminator penalty name (``penalties.PENALTIES``) or None.
-        penalty_weight: multiplier of the penalty (WGAN-GP's lambda; R1's gamma/2).
-        schedule: n_critic and the lazy penalty interval.
+        loss: the adversarial loss (``losses.py``); None: non-saturating.
+        penalty: the discriminator regulariser (``penalties.py``) or None; its
+            ``interval`` sets lazy regularisation.
         augment: applied to real and generated images before every discriminator
             call (``augment.py``: DiffAugment); None: no augmentation.
-        skip_rule: what flags an update and skips its iteration (``skip.py``).
+        skip: what flags an update and skips its iteration (``skip.py``).
+        ema: ``generator -> GeneratorEMA`` (``ema.py``); None disables the EMA.
+        n_critic: discriminator updates per generator update (``schedule.py``).
         gradient_clip_norm: clip each update's gradient norm (unscaled units) to this; None: off.
-        ema_decay: generator EMA decay in [0, 1); None disables the EMA.
-        ema_rampup: EMA horizon ramp (StyleGAN2: 0.05); None disables the ramp.
-        ema_batch_norm_samples: samples that re-estimate the EMA generator's
-            BatchNorm statistics before sampling (see ``ema.py``); 0 disables.
         max_iterations: stop after this many generator updates; None: Lightning decides.
         compile_networks: ``torch.compile`` the generator and discriminator (the
             networks, not ``training_step``: compiling a step that toggles
             optimizers fails in Lightning 2.6, #21513).
         channels_last: keep 4-d weights and image batches in channels-last
             layout, the one GPU tensor cores prefer for convolutions.
-        run_config: the resolved run config, stored in checkpoints so that
-            ``gan_template.sample`` can rebuild the networks.
+
+    Any number a part keeps as a :class:`~gan_template.schedule.Schedule` (the
+    penalty's weight, the EMA's decay, an optimizer's lr, ...) is set to its
+    value before every iteration and logged as ``train/hp/<part>.<name>``.
     """
 
     def __init__(
@@ -109,42 +119,48 @@ class GANModule(L.LightningModule):
         optimizer_d: OptimizerFactory,
         scheduler_g: SchedulerFactory | None = None,
         scheduler_d: SchedulerFactory | None = None,
-        loss: str = "non_saturating",
-        penalty: str | None = None,
-        penalty_weight: float = 10.0,
-        schedule: StepSchedule | None = None,
+        loss: AdversarialLoss | None = None,
+        penalty: Penalty | None = None,
         augment: Callable[[Tensor], Tensor] | None = None,
-        skip_rule: SkipRule | None = None,
+        skip: SkipRule | None = None,
+        ema: EMAFactory | None = GeneratorEMA,
+        n_critic: int = 1,
         gradient_clip_norm: float | None = None,
-        ema_decay: float | None = 0.999,
-        ema_rampup: float | None = 0.05,
-        ema_batch_norm_samples: int = 2048,
         max_iterations: int | None = None,
         compile_networks: bool = False,
         channels_last: bool = False,
-        run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        self.save_hyperparameters({"run_config": dict(run_config or {})})
 
         self.generator = generator
         self.discriminator = discriminator
         self.latent_dim = models.latent_dim(generator)
         self.num_classes = models.num_classes(generator)
-        self.generator_ema = (
-            GeneratorEMA(generator, ema_decay, ema_rampup, ema_batch_norm_samples)
-            if ema_decay is not None
-            else None
-        )
-        self.make_optimizer_g, self.make_optimizer_d = optimizer_g, optimizer_d
-        self.make_scheduler_g, self.make_scheduler_d = scheduler_g, scheduler_d
-        self.adversarial_loss = get_loss(loss)
-        self.penalty = get_penalty(penalty)
-        self.penalty_weight = penalty_weight
-        self.schedule = schedule or StepSchedule()
+        self.generator_ema = ema(generator) if ema is not None else None
+        self.adversarial_loss = loss if loss is not None else NonSaturating()
+        self.penalty = penalty
+        self.schedule = StepSchedule(n_critic, penalty.interval if penalty is not None else 1)
         self.augment = augment
-        self.updates = Updates(skip_rule or SkipRule(max_consecutive=20), gradient_clip_norm)
+        self.updates = Updates(skip or SkipRule(max_consecutive=20), gradient_clip_norm)
+
+        # Numbers that change over the run: set before every iteration (_advance, on_train_start).
+        self.hyperparameter_schedules = ScheduledHyperparameters()
+        for name, part in (("loss", loss), ("penalty", penalty), ("augment", augment)):
+            self.hyperparameter_schedules.bind(name, part)
+        self.hyperparameter_schedules.bind("ema", self.generator_ema)
+        self.make_optimizer_g, self._optimizer_schedules_g = split_optimizer_schedules(optimizer_g)
+        self.make_optimizer_d, self._optimizer_schedules_d = split_optimizer_schedules(optimizer_d)
+        self.make_scheduler_g, self.make_scheduler_d = scheduler_g, scheduler_d
+        for which, schedules, scheduler in (
+            ("generator", self._optimizer_schedules_g, scheduler_g),
+            ("discriminator", self._optimizer_schedules_d, scheduler_d),
+        ):
+            if "lr" in schedules and scheduler is not None:
+                raise ValueError(
+                    f"optim.{which}.lr is a schedule and optim.{which}_scheduler is set too: "
+                    "both would set the learning rate; keep one of them"
+                )
         if max_iterations is not None and max_iterations < 1:
             raise ValueError(f"max_iterations={max_iterations} must be >= 1 (or None)")
         self.max_iterations = max_iterations
@@ -203,6 +219,7 @@ class GANModule(L.LightningModule):
             self.generator_ema.update(self.generator, self.iteration)
         for scheduler in self._lr_schedulers():
             scheduler.step()
+        self.hyperparameter_schedules.apply(self.iteration)  # the values the next iteration uses
 
     def discriminator_step(
         self,
@@ -225,8 +242,8 @@ class GANModule(L.LightningModule):
         total = loss
         if self.penalty is not None and self.schedule.penalty_due(self.discriminator_updates + k):
             penalty = self.penalty(partial(self.discriminate, labels=labels), real, fake)
-            metrics["d_penalty"] = penalty
-            total = total + self.penalty_weight * self.schedule.penalty_scale * penalty
+            metrics["d_penalty"] = penalty  # weighted, before the lazy scale
+            total = total + self.schedule.penalty_scale * penalty
         metrics["d_grad_norm"] = self.updates.apply(optimizer, total, metrics)
         return {name: value.detach() for name, value in metrics.items()}
 
@@ -333,6 +350,8 @@ class GANModule(L.LightningModule):
         )
         if trainer.ckpt_path is not None:
             self._apply_configured_learning_rates()
+        # After a restore too: the values follow the (restored) iteration, not the checkpoint.
+        self.hyperparameter_schedules.apply(self.iteration)
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
             trainer.should_stop = True
 
@@ -345,14 +364,15 @@ class GANModule(L.LightningModule):
         """
         optimizers = [opt.optimizer for opt in cast(list[LightningOptimizer], self.optimizers())]
         schedulers = self._lr_schedulers()
-        for name, factory, optimizer in zip(
+        for name, factory, schedules, optimizer in zip(
             ("generator", "discriminator"),
             (self.make_optimizer_g, self.make_optimizer_d),
+            (self._optimizer_schedules_g, self._optimizer_schedules_d),
             optimizers,
             strict=True,
         ):
             lr = getattr(factory, "keywords", {}).get("lr")
-            if lr is None:
+            if lr is None or "lr" in schedules:  # a scheduled rate is set every iteration
                 continue
             for group in optimizer.param_groups:
                 old = group.get("initial_lr", group["lr"])
@@ -408,6 +428,8 @@ class GANModule(L.LightningModule):
         metrics["train/skipped"] = self.skip_rule.total
         for reason, count in self.skip_rule.counts.items():
             metrics[f"train/skipped_{reason}"] = count
+        for name, value in self.hyperparameter_schedules.values.items():
+            metrics[f"train/hp/{name}"] = value
         log_at_iteration(self.loggers, metrics, self.iteration)
         self.progress_metrics = {name: metrics[f"train/{name}"] for name in ("d_loss", "g_loss")}
 
@@ -416,6 +438,13 @@ class GANModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer_g = self.make_optimizer_g(self.generator.parameters())
         optimizer_d = self.make_optimizer_d(self.discriminator.parameters())
+        for which, optimizer, schedules in (
+            ("generator", optimizer_g, self._optimizer_schedules_g),
+            ("discriminator", optimizer_d, self._optimizer_schedules_d),
+        ):
+            for key, schedule in schedules.items():
+                setter = param_group_setter(optimizer, key)
+                self.hyperparameter_schedules.bind_setter(f"optim.{which}.{key}", schedule, setter)
         schedulers = [
             factory(optimizer)
             for factory, optimizer in (

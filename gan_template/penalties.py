@@ -1,8 +1,9 @@
-"""Discriminator regularisers as pure functions.
+"""Discriminator regularisers: pure functions, and the objects a config selects.
 
-Both penalties differentiate the discriminator's output with respect to its
+The gradient penalties differentiate the discriminator's output with respect to its
 input with ``create_graph=True`` so the penalty itself can be back-propagated
-into the discriminator's weights.
+into the discriminator's weights. ``conf/penalty/*.yaml`` names the classes at
+the end with ``_target_``; a penalty of your own subclasses :class:`Penalty`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from gan_template.schedule import Schedule, check_range
 
 
 def _input_gradient(discriminator: Callable[..., Tensor], inputs: Tensor, *args: Tensor) -> Tensor:
@@ -60,26 +63,90 @@ def r2_penalty(discriminator: Callable[..., Tensor], fake: Tensor, *args: Tensor
     return r1_penalty(discriminator, fake, *args)
 
 
-#: ``penalty(discriminator, real, fake) -> scalar``, by config name.
-Penalty = Callable[[Callable[..., Tensor], Tensor, Tensor], Tensor]
+class Penalty:
+    """A discriminator regulariser: ``weight`` times its value, every ``interval``-th D update.
 
-PENALTIES: dict[str, Penalty] = {
-    "gradient_penalty": gradient_penalty,
-    "r1": lambda discriminator, real, fake: r1_penalty(discriminator, real),
-    "r2": lambda discriminator, real, fake: r2_penalty(discriminator, fake),
-    "r1_r2": lambda discriminator, real, fake: (
-        r1_penalty(discriminator, real) + r2_penalty(discriminator, fake)
-    ),
-}
+    ``penalty(discriminator, real, fake)`` returns the weighted value (a scalar)
+    that the discriminator update adds to its loss; the module multiplies it by
+    ``interval`` on the updates that carry it (lazy regularisation, ``schedule.py``).
+    ``weight`` (and any other number a subclass keeps) may be given as a
+    schedule of the iteration (``gan_template.schedule``): the module sets it
+    to the schedule's value before every iteration. Subclasses implement
+    :meth:`value`; their constructors check their own arguments.
+
+    Args:
+        weight: the multiplier (WGAN-GP's lambda; for R1 and R2, gamma / 2).
+        interval: apply on every ``interval``-th discriminator update (StyleGAN2: 16).
+    """
+
+    def __init__(self, weight: float | Schedule = 1.0, interval: int = 1) -> None:
+        check_range("weight", weight, low=0.0)
+        if interval < 1:
+            raise ValueError(f"interval={interval}: must be >= 1")
+        self.weight = weight
+        self.interval = interval
+
+    def value(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
+        """The unweighted penalty."""
+        raise NotImplementedError
+
+    def __call__(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
+        return self.weight * self.value(discriminator, real, fake)
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({arguments})"
 
 
-def get_penalty(name: str | None) -> Penalty | None:
-    """Look a penalty up by its config name (``none`` or null for no penalty)."""
-    if name is None or name == "none":
-        return None
-    try:
-        return PENALTIES[name]
-    except KeyError:
-        raise ValueError(
-            f"penalty {name!r} is not known; choose one of {['none', *sorted(PENALTIES)]}"
-        ) from None
+class GradientPenalty(Penalty):
+    """WGAN-GP (Gulrajani et al., 2017); they use weight 10 on every critic update."""
+
+    def __init__(self, weight: float | Schedule = 10.0, interval: int = 1) -> None:
+        super().__init__(weight, interval)
+
+    def value(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
+        return gradient_penalty(discriminator, real, fake)
+
+
+class R1(Penalty):
+    """R1 on real samples; ``weight`` is StyleGAN2's gamma / 2."""
+
+    def value(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
+        return r1_penalty(discriminator, real)
+
+
+class R2(Penalty):
+    """R2 on generated samples; ``weight`` is gamma / 2."""
+
+    def value(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
+        return r2_penalty(discriminator, fake)
+
+
+class R1R2(Penalty):
+    """R1 on real plus R2 on generated samples, each with its own weight (R3GAN uses equal ones).
+
+    Args:
+        weight: R1's weight (gamma / 2).
+        r2_weight: R2's weight; None: the same as ``weight`` (and its schedule).
+        interval: as :class:`Penalty`.
+    """
+
+    def __init__(
+        self,
+        weight: float | Schedule = 1.0,
+        r2_weight: float | Schedule | None = None,
+        interval: int = 1,
+    ) -> None:
+        super().__init__(weight, interval)
+        if r2_weight is not None:
+            check_range("r2_weight", r2_weight, low=0.0)
+        self.r2_weight = r2_weight
+
+    def __call__(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
+        r2_weight = self.weight if self.r2_weight is None else self.r2_weight
+        return self.weight * r1_penalty(discriminator, real) + r2_weight * r2_penalty(
+            discriminator, fake
+        )
+
+    def value(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
+        return r1_penalty(discriminator, real) + r2_penalty(discriminator, fake)

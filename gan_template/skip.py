@@ -20,6 +20,7 @@ averaged gradients, which are the same everywhere.
 
 from __future__ import annotations
 
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -27,13 +28,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: Why an update was flagged, in order of precedence. The first two are read from
-#: the loss before the backward, the last from the gradients after it.
-REASONS = ("nonfinite_loss", "predicate", "nonfinite_gradient")
+from gan_template.errors import UserInputError
 
-#: ``predicate(metrics, iteration) -> bool or a 0-d bool tensor``: true asks to
-#: skip. Returning a tensor keeps the decision on the device (no host sync).
+#: Built-in reasons an update is flagged. The first is read from the loss before
+#: the backward, the last from the gradients after it; the predicate's reason
+#: (``predicate_reason``) comes between them.
+BUILT_IN_REASONS = ("nonfinite_loss", "nonfinite_gradient", "amp_overflow")
+
+#: ``predicate(metrics, iteration) -> bool or a 0-d bool tensor``: true asks to skip.
+#:
+#: ``metrics`` holds the iteration's metrics so far, as detached 0-d tensors on
+#: the device: before a discriminator update, its own (``d_loss``, ``d_real``,
+#: ``d_fake``, ``d_accuracy_real``, ``d_accuracy_fake``, ``d_penalty`` when the
+#: penalty is due) over those of the iteration's earlier updates; before the
+#: generator update, the discriminator's and ``g_loss``. ``iteration`` counts the generator updates completed so far.
+#: Return a tensor (``metrics["d_loss"] > 10``) to keep the decision on the
+#: device; a Python bool (``.item()``, ``float(...)``) costs a host sync per update.
 SkipPredicate = Callable[[Mapping[str, Tensor], int], "bool | Tensor"]
+
+
+class SkipPredicateError(UserInputError):
+    """The user's skip predicate raised: names it, the iteration and where it failed."""
 
 
 class TooManySkips(RuntimeError):
@@ -50,7 +65,9 @@ class SkipRule:
             which the first discriminator loss is made NaN, once each: the
             skip path exercised end to end.
         inject_rank: inject on this rank only (None: every rank).
-        predicate: optional user rule; true skips the iteration.
+        predicate: optional user rule (:data:`SkipPredicate`); true skips the iteration.
+        predicate_reason: the name its skips are counted and logged under
+            (``train/skipped_<reason>``).
         check_losses: flag non-finite losses (injected faults are non-finite losses).
         check_gradients: flag non-finite gradients.
 
@@ -64,6 +81,7 @@ class SkipRule:
         inject_nonfinite_at: Iterable[int] = (),
         inject_rank: int | None = None,
         predicate: SkipPredicate | None = None,
+        predicate_reason: str = "predicate",
         check_losses: bool = True,
         check_gradients: bool = True,
     ) -> None:
@@ -71,10 +89,18 @@ class SkipRule:
             raise ValueError(f"max_consecutive={max_consecutive}: must be >= 0 (0: never stop)")
         if inject_rank is not None and inject_rank < 0:
             raise ValueError(f"inject_rank={inject_rank}: must be >= 0 or None (every rank)")
+        if not predicate_reason.isidentifier() or predicate_reason in BUILT_IN_REASONS:
+            raise ValueError(
+                f"predicate_reason={predicate_reason!r}: must be a name of letters, digits and "
+                f"underscores, other than the built-in reasons {list(BUILT_IN_REASONS)}"
+            )
         self.max_consecutive = max_consecutive
         self.inject_nonfinite_at = frozenset(int(i) for i in inject_nonfinite_at)
         self.inject_rank = inject_rank
         self.predicate = predicate
+        self.predicate_reason = predicate_reason
+        #: Every reason, in order of precedence (an update flagged for several counts once).
+        self.reasons = ("nonfinite_loss", predicate_reason, "nonfinite_gradient")
         self.check_losses = check_losses
         self.check_gradients = check_gradients
         self.counts: Counter[str] = Counter()
@@ -98,20 +124,35 @@ class SkipRule:
         if self.check_losses:
             parts.append(loss.detach().isfinite().logical_not().float().reshape(1))
         if self.predicate is not None:
-            wants_skip = self.predicate(metrics, iteration)
+            try:
+                wants_skip = self.predicate(metrics, iteration)
+            except Exception as error:
+                raise self._predicate_error(error, metrics, iteration) from error
             if isinstance(wants_skip, Tensor):
                 parts.append(wants_skip.detach().reshape(1).float())
             else:
                 parts.append(loss.new_full((1,), float(bool(wants_skip)), dtype=torch.float32))
         return parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy for one flag
 
+    def _predicate_error(
+        self, error: Exception, metrics: Mapping[str, Tensor], iteration: int
+    ) -> SkipPredicateError:
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f" ({frames[-1].filename}:{frames[-1].lineno})" if len(frames) > 1 else ""
+        name = getattr(self.predicate, "func", self.predicate)
+        name = f"{getattr(name, '__module__', '?')}.{getattr(name, '__qualname__', name)}"
+        return SkipPredicateError(
+            f"skip.predicate {name} raised {type(error).__name__}: {error}{where} at iteration "
+            f"{iteration}; it was given the metrics {sorted(metrics)} (see SkipPredicate in "
+            "gan_template/skip.py). Fix the predicate, or set skip.predicate=null"
+        )
+
     # ---- the accounting (host side, once per iteration) --------------------------------------
 
-    @staticmethod
-    def reason(names: tuple[str, ...], flags: list[bool]) -> str | None:
-        """The first reason (in ``REASONS`` order) whose flag is set; None if none is."""
+    def reason(self, names: tuple[str, ...], flags: list[bool]) -> str | None:
+        """The first reason (in ``self.reasons`` order) whose flag is set; None if none is."""
         flagged = {name for name, flag in zip(names, flags, strict=True) if flag}
-        return next((reason for reason in REASONS if reason in flagged), None)
+        return next((reason for reason in self.reasons if reason in flagged), None)
 
     def record(self, reason: str | None) -> None:
         """Count a finished iteration: skipped for ``reason``, or completed (None)."""

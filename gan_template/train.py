@@ -27,7 +27,6 @@ from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError
 from gan_template.module import GANModule
 from gan_template.resume import config_changes, shape_changes
-from gan_template.schedule import StepSchedule
 from gan_template.sweep import FINAL_METRICS
 
 log = logging.getLogger(__name__)
@@ -45,43 +44,25 @@ def build_network(cfg: DictConfig, which: str, num_classes: int = 0) -> nn.Modul
     return instantiate(cfg.model[which], num_classes=num_classes)
 
 
-def optimizer_factory(node: DictConfig) -> Any:
-    """``params -> Optimizer`` from a ``_partial_`` node, with ``betas`` as floats.
-
-    YAML reads ``betas: [0, 0.99]`` as an int and a float, which torch's Adam
-    refuses ("betas must be either both floats or both Tensors").
-    """
-    betas = node.get("betas")
-    return instantiate(node, **({} if betas is None else {"betas": [float(b) for b in betas]}))
-
-
 def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
-    """The GANModule a config describes (networks freshly initialised)."""
-    optim = cfg.optim
-    return GANModule(
+    """The GANModule the config's ``module:`` node describes (networks freshly initialised).
+
+    The networks are built here, not by the node's interpolations, because a
+    class-conditional network needs the data's number of classes.
+    """
+    module = instantiate(
+        cfg.module,
         generator=build_network(cfg, "generator", num_classes),
         discriminator=build_network(cfg, "discriminator", num_classes),
-        optimizer_g=optimizer_factory(optim.generator),
-        optimizer_d=optimizer_factory(optim.discriminator),
-        scheduler_g=instantiate(optim.generator_scheduler) if optim.generator_scheduler else None,
-        scheduler_d=instantiate(optim.discriminator_scheduler)
-        if optim.discriminator_scheduler
-        else None,
-        loss=cfg.loss.name,
-        penalty=cfg.penalty.name,
-        penalty_weight=cfg.penalty.weight,
-        schedule=StepSchedule(n_critic=cfg.train.n_critic, penalty_interval=cfg.penalty.interval),
-        augment=instantiate(cfg.augment),  # None with augment=none
-        skip_rule=instantiate(cfg.skip),
-        gradient_clip_norm=optim.gradient_clip_norm,
-        ema_decay=cfg.ema.decay if cfg.ema.enabled else None,
-        ema_rampup=cfg.ema.rampup,
-        ema_batch_norm_samples=cfg.ema.batch_norm_samples,
-        max_iterations=cfg.train.iterations,
-        compile_networks=cfg.train.compile,
-        channels_last=cfg.train.channels_last,
-        run_config=cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)),
     )
+    if not isinstance(module, GANModule):
+        raise ConfigError(
+            f"module._target_={cfg.module._target_!r} builds a {type(module).__name__}; it must "
+            "be gan_template.module.GANModule or a subclass of it"
+        )
+    # Stored in checkpoints so that gan_template.sample can rebuild the networks.
+    module.save_hyperparameters({"run_config": OmegaConf.to_container(cfg, resolve=True)})
+    return module
 
 
 def check_memory(cfg: DictConfig, num_classes: int) -> None:
@@ -97,7 +78,7 @@ def check_memory(cfg: DictConfig, num_classes: int) -> None:
             for which in ("generator", "discriminator")
         }
     # 4-byte weights, gradients and two Adam moments; the generator's EMA and its sampling copy.
-    copies = {"generator": 4 + (2 if cfg.ema.enabled else 0), "discriminator": 4}
+    copies = {"generator": 4 + (2 if cfg.ema is not None else 0), "discriminator": 4}
     needed = sum(4 * sizes[which] * copies[which] for which in sizes)
     available, where = available_memory(cfg)
     if available is not None and needed > 0.9 * available:

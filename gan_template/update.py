@@ -70,6 +70,7 @@ class Updates:
         self._first_update = True
         self.reasons: tuple[str, ...] = ()  # layout of the flags, set by prepare()
         self._flags: Tensor | None = None  # ``reasons`` layout, accumulated over the updates
+        self._metrics_so_far: dict[str, Tensor] = {}  # what a predicate sees (skip.SkipPredicate)
         # Per update, from apply() to before_step() and back.
         self._loss: Tensor | None = None
         self._loss_flags: Tensor | None = None
@@ -99,7 +100,7 @@ class Updates:
         # What each entry of an update's flags means (only the checks that are on).
         self.reasons = (
             *(("nonfinite_loss",) if rule.check_losses else ()),
-            *(("predicate",) if rule.predicate is not None else ()),
+            *((rule.predicate_reason,) if rule.predicate is not None else ()),
             *(("nonfinite_gradient",) if rule.check_gradients else ()),
         )
 
@@ -116,7 +117,11 @@ class Updates:
     def apply(
         self, optimizer: LightningOptimizer, loss: Tensor, metrics: Mapping[str, Tensor]
     ) -> Tensor:
-        """Backward ``loss``, average the gradients, step unless flagged; the gradient norm."""
+        """Backward ``loss``, average the gradients, step unless flagged; the gradient norm.
+
+        ``metrics`` are this update's; a predicate sees them after the
+        iteration's earlier ones (``skip.SkipPredicate``).
+        """
         rule = self.rule
         if self._first_update:
             loss = rule.inject(loss, self._iteration, self._rank)
@@ -126,6 +131,9 @@ class Updates:
             self._loss = self._loss_flags = None
         elif self._world_size > 1 or rule.predicate is not None:
             # Flags decided before the backward; under DDP they ride in its all-reduce.
+            if rule.predicate is not None:
+                self._metrics_so_far.update((k, v.detach()) for k, v in metrics.items())
+                metrics = self._metrics_so_far
             self._loss, self._loss_flags = None, rule.loss_flags(loss, metrics, self._iteration)
         else:  # checked together with the gradient norm: fewer kernels
             self._loss, self._loss_flags = loss.detach(), None
@@ -194,6 +202,7 @@ class Updates:
             None if self._flags is None else self.rule.reason(self.reasons, self._flags.tolist())
         )
         self._flags = None
+        self._metrics_so_far = {}  # nothing of the step outlives it
         if reason is not None and self._buffers:
             torch._foreach_copy_(self._buffers, self._saved_buffers)
         if reason == "nonfinite_gradient" and self._scaler is not None:

@@ -47,11 +47,26 @@ CASES = [
     ),
     (["ema.decay=1.0"], 2, "ema.decay=1.0: must be in [0, 1)"),
     (["ema.batch_norm_samples=-1"], 2, "ema.batch_norm_samples=-1: must be >= 0 (0: off)"),
-    (["loss.name=wgan"], 2, "loss.name='wgan': must be one of ['hinge', 'least_squares'"),
+    (["loss=wgan"], 1, "Could not find 'loss/wgan'"),  # Hydra lists the options
     (
-        ["penalty.name=gp"],
+        ["penalty=r1", "penalty.weight=-1", "penalty.interval=0"],
         2,
-        "penalty.name='gp': must be one of ['none', 'gradient_penalty', 'r1', 'r1_r2', 'r2']",
+        ["penalty.weight=-1", "must be in [0, inf"],
+    ),
+    (["penalty=r1", "penalty.interval=0"], 2, "penalty.interval=0: must be >= 1"),
+    (
+        [
+            "penalty=r1",
+            "penalty.weight={_target_: gan_template.schedule.Cosine, start: 1, end: -1, iterations: 10}",
+        ],
+        2,
+        "reaches -1: must be in [0, inf)",
+    ),
+    (["+penalty.weight=1"], 2, "penalty={'weight': 1}: must be a {_target_: ...} node or null"),
+    (
+        ["skip.predicate_reason=nonfinite_loss"],
+        2,
+        "skip.predicate_reason='nonfinite_loss': must be a name of letters",
     ),
     (["skip.max_consecutive=-1"], 2, "skip.max_consecutive=-1: must be >= 0"),
     # Sections built from a _target_: its signature is their schema, its constructor their ranges.
@@ -106,8 +121,12 @@ CASES = [
             *(
                 f"{key.lstrip('+').split('=')[0]}: not a setting; valid here"
                 for key in PLUS_KEYS
-                if not key.startswith(("+callbacks", "+logger"))
+                if not key.startswith(("+callbacks", "+logger", "+loss", "+penalty", "+ema"))
             ),
+            # Sections built from a _target_: the callable's signature is their schema.
+            "loss.foo: not a parameter of gan_template.losses.NonSaturating",
+            "penalty={'foo': 1}: must be a {_target_: ...} node or null",
+            "ema.foo: not a parameter of gan_template.ema.GeneratorEMA",
             "callbacks.foo=1: each entry is a {_target_: ...} node or null",
             "logger.foo=1: each entry is a {_target_: ...} node or null",
         ],

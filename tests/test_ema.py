@@ -125,13 +125,13 @@ def test_without_batch_norm_or_when_off_sampling_uses_the_average_itself() -> No
     assert plain.for_sampling() is plain.module
     off = GeneratorEMA(BatchNormGenerator(), batch_norm_samples=0)
     assert off.for_sampling() is off.module
-    with pytest.raises(ValueError, match=r"batch_norm_samples=-1 must be >= 0"):
+    with pytest.raises(ValueError, match=r"batch_norm_samples=-1: must be >= 0"):
         GeneratorEMA(BatchNormGenerator(), batch_norm_samples=-1)
 
 
 @pytest.mark.parametrize("decay", [1.0, -0.1])
 def test_decay_outside_unit_interval_is_refused(decay: float) -> None:
-    with pytest.raises(ValueError, match=r"decay=.* must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"decay=.*: must be in \[0, 1\)"):
         GeneratorEMA(nn.Linear(1, 1), decay=decay)
 
 
@@ -150,7 +150,7 @@ def test_ema_weights_round_trip_through_checkpoints(make_config) -> None:
 
 
 def test_ema_can_be_switched_off(make_config) -> None:
-    cfg = make_config("train.iterations=2", "ema.enabled=false", "experiment=ring")
+    cfg = make_config("train.iterations=2", "ema=none", "experiment=ring")
     result = run(cfg)
     assert result["module"].generator_ema is None
     saved = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)[

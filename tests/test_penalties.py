@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gan_template.penalties import get_penalty, gradient_penalty, r1_penalty, r2_penalty
+from gan_template.penalties import (
+    R1,
+    R2,
+    R1R2,
+    GradientPenalty,
+    gradient_penalty,
+    r1_penalty,
+    r2_penalty,
+)
+from gan_template.schedule import Cosine
 
 
 def test_gradient_penalty_of_a_linear_critic_is_norm_minus_one_squared() -> None:
@@ -29,11 +38,13 @@ def test_r1_of_a_quadratic_critic_is_mean_squared_norm() -> None:
     assert r1_penalty(critic, real).item() == pytest.approx((1 + 4 + 9) / 2)
 
 
-def test_penalty_lookup() -> None:
-    assert get_penalty("none") is None and get_penalty(None) is None
-    assert get_penalty("gradient_penalty") is gradient_penalty
-    with pytest.raises(ValueError, match=r"penalty 'gp' is not known.*gradient_penalty"):
-        get_penalty("gp")
+def test_penalty_objects_check_their_arguments() -> None:
+    with pytest.raises(ValueError, match=r"weight=-1: must be in \[0, inf"):
+        R1(weight=-1)
+    with pytest.raises(ValueError, match="interval=0: must be >= 1"):
+        GradientPenalty(interval=0)
+    with pytest.raises(ValueError, match=r"r2_weight=.* reaches -0.5: must be in \[0, inf"):
+        R1R2(weight=1.0, r2_weight=Cosine(start=1.0, end=-0.5, iterations=10))
 
 
 def test_r2_penalises_generated_samples_and_combines_with_r1() -> None:
@@ -43,5 +54,9 @@ def test_r2_penalises_generated_samples_and_combines_with_r1() -> None:
     real = torch.tensor([[1.0, 2.0], [0.0, 3.0]])  # mean ||x||^2 = 7
     fake = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # mean ||x||^2 = 1
     assert r2_penalty(critic, fake).item() == pytest.approx(1.0)
-    assert get_penalty("r2")(critic, real, fake).item() == pytest.approx(1.0)
-    assert get_penalty("r1_r2")(critic, real, fake).item() == pytest.approx(7.0 + 1.0)
+    # The objects return the weighted value; R1 and R2 have weights of their own.
+    assert R2(weight=3.0)(critic, real, fake).item() == pytest.approx(3.0 * 1.0)
+    assert R1(weight=0.5)(critic, real, fake).item() == pytest.approx(0.5 * 7.0)
+    assert R1R2(weight=2.0)(critic, real, fake).item() == pytest.approx(2.0 * (7.0 + 1.0))
+    both = R1R2(weight=2.0, r2_weight=10.0)(critic, real, fake)
+    assert both.item() == pytest.approx(2.0 * 7.0 + 10.0 * 1.0)
