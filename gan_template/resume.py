@@ -7,9 +7,11 @@ stores each rank's states (gathered to rank 0, which writes the file) and puts
 them back on load. The data order is restored separately: it depends only on
 ``(data_seed, epoch, rank)`` and the position in the epoch (``data/sampling.py``).
 
-Settings changed on resume are compared with the checkpoint's stored config
-(:func:`config_changes`): shape-defining ones are refused, the rest are
-reported, and new learning rates are applied (``GANModule.on_train_start``).
+On resume, what must match is the shape of every saved tensor: the networks
+the config describes (built on the meta device, no memory) are compared with
+the checkpoint's ``state_dict`` (:func:`shape_mismatches`). Any other change of
+the config (:func:`config_changes`) is reported and applied; new learning
+rates too (``GANModule.on_train_start``).
 """
 
 from __future__ import annotations
@@ -69,10 +71,11 @@ def gather_rng_states() -> list[dict[str, Any]]:
     return states
 
 
-#: Settings that shape the saved weights: a checkpoint cannot be resumed under others.
-SHAPE_KEYS = ("model.", "ema.enabled", "data.channels", "data.resolution")
-#: Settings that say where a run is, not what it trains.
-PLACE_KEYS = ("paths.", "ckpt_path")
+#: Settings that say where a run is, not what it trains; and ``module.*``, whose values
+#: mirror the other sections (``conf/config.yaml``).
+PLACE_KEYS = ("paths.", "ckpt_path", "module.")
+#: Settings that usually decide the shapes of the networks, named when the shapes differ.
+SHAPE_SECTIONS = ("model.", "data.", "ema")
 
 
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple]:
@@ -86,9 +89,22 @@ def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict
     }
 
 
-def shape_changes(changes: Mapping[str, tuple]) -> dict[str, tuple]:
-    """The part of ``changes`` a checkpoint's weights cannot follow."""
-    return {key: values for key, values in changes.items() if key.startswith(SHAPE_KEYS)}
+def shape_mismatches(
+    saved: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """Each tensor whose shape differs, or that only one of the two state dicts has."""
+    problems = [
+        f"{key}: {tuple(saved[key].shape)} in the checkpoint, {tuple(value.shape)} now"
+        for key, value in expected.items()
+        if key in saved and saved[key].shape != value.shape
+    ]
+    missing = [key for key in expected if key not in saved]
+    unexpected = [key for key in saved if key not in expected]
+    for keys, what in ((missing, "not in the checkpoint"), (unexpected, "not in this config's networks")):
+        if keys:
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            problems.append(f"{what}: {shown}")
+    return problems
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

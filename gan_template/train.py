@@ -26,7 +26,7 @@ from gan_template.config import validate
 from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError
 from gan_template.module import GANModule
-from gan_template.resume import config_changes, shape_changes
+from gan_template.resume import SHAPE_SECTIONS, config_changes, shape_mismatches
 from gan_template.sweep import FINAL_METRICS
 
 log = logging.getLogger(__name__)
@@ -150,19 +150,28 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path.resolve())
 
 
-def check_resume(cfg: DictConfig, ckpt_path: str) -> None:
-    """Refuse settings the checkpoint's weights cannot follow; report the others that changed."""
+def check_resume(cfg: DictConfig, ckpt_path: str, num_classes: int) -> None:
+    """Refuse a checkpoint whose tensors this config's networks cannot hold; report other changes.
+
+    The module is built on the meta device (no memory, no initialisation), so
+    its state dict gives every tensor's shape for free.
+    """
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    with torch.device("meta"):
+        expected = build_module(cfg, num_classes).state_dict()
+    mismatches = shape_mismatches(checkpoint.get("state_dict", {}), expected)
     saved = checkpoint.get("hyper_parameters", {}).get("run_config") or {}
     changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    refused = shape_changes(changes)
-    if refused:
+    if mismatches:
+        shaping = [
+            f"{key}={old!r} in the checkpoint, {new!r} now"
+            for key, (old, new) in changes.items()
+            if key.startswith(SHAPE_SECTIONS)
+        ]
         raise ConfigError(
-            f"ckpt_path={ckpt_path} holds networks built with other settings: "
-            + "; ".join(
-                f"{key}={old!r} in the checkpoint, {new!r} now"
-                for key, (old, new) in refused.items()
-            )
+            f"ckpt_path={ckpt_path} holds networks of other shapes than this config builds: "
+            + "; ".join(mismatches)
+            + (". Settings that differ: " + "; ".join(shaping) if shaping else "")
             + ". Resume with the checkpoint's values, or start a new run without ckpt_path"
         )
     for key, (old, new) in changes.items():
@@ -182,12 +191,12 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     avoid_per_step_gpu_probing()
 
-    if ckpt_path is not None:
-        check_resume(cfg, ckpt_path)
-
     datamodule: L.LightningDataModule = instantiate(cfg.data)
-    check_memory(cfg, num_classes=getattr(datamodule, "num_classes", 0))
-    module = build_module(cfg, num_classes=getattr(datamodule, "num_classes", 0))
+    num_classes = getattr(datamodule, "num_classes", 0)
+    if ckpt_path is not None:
+        check_resume(cfg, ckpt_path, num_classes)
+    check_memory(cfg, num_classes)
+    module = build_module(cfg, num_classes)
     check_shapes(module, datamodule)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
