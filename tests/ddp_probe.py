@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,24 @@ class RankReport(Callback):
         }
         path = Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.json"
         path.write_text(json.dumps(report))
+
+
+class DiscriminatorLossAbove:
+    """A skip predicate: ``metrics["d_loss"] > threshold``, decided on the device.
+
+    It reads ``d_loss`` at every update, the generator's too: a predicate sees
+    the iteration's metrics so far. With ``rank`` and ``at`` it also asks to skip
+    on that rank alone, the first time each iteration of ``at`` is attempted,
+    so the ranks disagree.
+    """
+
+    def __init__(self, threshold: float = 10.0, rank: int = -1, at: Sequence[int] = ()) -> None:
+        self.threshold, self.rank, self.pending = threshold, rank, set(at)
+
+    def __call__(self, metrics: Mapping[str, torch.Tensor], iteration: int) -> torch.Tensor:
+        wants_skip = metrics["d_loss"] > self.threshold
+        if iteration in self.pending and "g_loss" in metrics:  # decided at the last update
+            self.pending.discard(iteration)
+            if torch.distributed.is_initialized() and torch.distributed.get_rank() == self.rank:
+                wants_skip = torch.ones_like(wants_skip)
+        return wants_skip

@@ -58,3 +58,18 @@ def test_a_nonfinite_loss_on_rank_1_only_is_skipped_by_both_ranks(tmp_path: Path
         assert report["skip_counts"] == {"nonfinite_loss": 2}
         assert report["weights_finite"]
     assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+
+
+def test_a_predicate_reading_d_loss_skips_on_both_ranks_when_one_asks(tmp_path: Path) -> None:
+    predicate = (
+        "skip.predicate={_target_: ddp_probe.DiscriminatorLossAbove, "
+        "threshold: 10, rank: 1, at: [4]}"
+    )
+    reports = run_ddp(
+        tmp_path / "run", "train.iterations=8", predicate, "skip.predicate_reason=d_loss_high"
+    )
+    for report in reports:
+        assert report["iteration"] == 8
+        assert report["skipped_batches"] == [4]  # rank 1 asked; rank 0 skipped with it
+        assert report["skip_counts"] == {"d_loss_high": 1}
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]

@@ -138,3 +138,50 @@ def test_too_many_skips_ends_the_command_with_its_message_alone(tmp_path: Path) 
     )
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["gan_template"]["iteration"] == 2
+
+
+@pytest.mark.parametrize(("threshold", "skips"), [(10.0, 0), (-1.0, 3)])
+def test_a_predicate_on_d_loss_sees_it_at_the_generator_update_too(
+    make_config, threshold: float, skips: int
+) -> None:
+    """``metrics["d_loss"] > threshold`` at every update; its skips carry the name it was given."""
+    cfg = make_config(
+        "experiment=ring",
+        "train.iterations=3",
+        "skip.predicate={_target_: ddp_probe.DiscriminatorLossAbove, "
+        f"threshold: {threshold}}}",
+        "skip.predicate_reason=d_loss_high",
+        "skip.max_consecutive=3",
+        "extra_target_prefixes=[ddp_probe.]",
+    )
+    recorder = StepRecorder()
+    if not skips:
+        assert run(without_evaluation(cfg), recorder)["module"].iteration == 3
+        assert all(recorder.outputs)
+        return
+    with pytest.raises(TooManySkips, match=r"d_loss_high x3"):
+        run(without_evaluation(cfg), recorder)
+    saved = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["gan_template"]["skip"]["counts"] == {"d_loss_high": 3}
+
+
+def raise_at_iteration_two(metrics: Mapping[str, torch.Tensor], iteration: int) -> bool:
+    if iteration == 2:
+        raise RuntimeError("my bug")
+    return False
+
+
+def test_a_predicate_that_raises_is_named_with_the_iteration(make_config) -> None:
+    from gan_template.skip import SkipPredicateError
+
+    cfg = make_config(
+        "experiment=ring",
+        "train.iterations=4",
+        f"skip.predicate={{_target_: {__name__}.raise_at_iteration_two, _partial_: true}}",
+        f"extra_target_prefixes=[{__name__}.]",
+    )
+    with pytest.raises(SkipPredicateError) as raised:
+        run(without_evaluation(cfg))
+    message = str(raised.value)
+    assert f"skip.predicate {__name__}.raise_at_iteration_two raised RuntimeError: my bug" in message
+    assert "test_skip.py:" in message and "at iteration 2" in message
