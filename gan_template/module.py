@@ -144,7 +144,7 @@ class GANModule(L.LightningModule):
         self.augment = augment
         self.updates = Updates(skip or SkipRule(max_consecutive=20), gradient_clip_norm)
 
-        # Numbers that change over the run: set before every iteration (_advance, on_train_start).
+        # Numbers that change over the run: set at the start of every iteration.
         self.hyperparameter_schedules = ScheduledHyperparameters()
         for name, part in (("loss", loss), ("penalty", penalty), ("augment", augment)):
             self.hyperparameter_schedules.bind(name, part)
@@ -186,6 +186,9 @@ class GANModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> STEP_OUTPUT:
         real, labels = self.unpack(batch)
+        # Scheduled hyperparameters follow the iteration (after a resume too, whatever
+        # the checkpoint's param groups hold); a loop over nothing without schedules.
+        self.hyperparameter_schedules.apply(self.iteration)
         optimizer_g, optimizer_d = cast(list[LightningOptimizer], self.optimizers())
         *earlier, (real_last, labels_last) = self.critic_batches(real, labels)
         self.updates.begin_iteration(self.iteration)
@@ -219,7 +222,6 @@ class GANModule(L.LightningModule):
             self.generator_ema.update(self.generator, self.iteration)
         for scheduler in self._lr_schedulers():
             scheduler.step()
-        self.hyperparameter_schedules.apply(self.iteration)  # the values the next iteration uses
 
     def discriminator_step(
         self,
@@ -350,8 +352,6 @@ class GANModule(L.LightningModule):
         )
         if trainer.ckpt_path is not None:
             self._apply_configured_learning_rates()
-        # After a restore too: the values follow the (restored) iteration, not the checkpoint.
-        self.hyperparameter_schedules.apply(self.iteration)
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
             trainer.should_stop = True
 
