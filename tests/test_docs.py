@@ -17,7 +17,12 @@ from conftest import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "extending.md"
 BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
-FAST = ["train.iterations=30", "trainer=cpu", "trainer.enable_progress_bar=false"]
+FAST = [
+    "train.iterations=30",
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=10",
+]
 
 
 def doc_blocks() -> tuple[dict[str, tuple[str, str]], list[str]]:
@@ -36,9 +41,9 @@ def doc_blocks() -> tuple[dict[str, tuple[str, str]], list[str]]:
 
 def test_the_page_has_the_four_examples() -> None:
     files, commands = doc_blocks()
-    assert {"gan_template/models/residual_mlp.py", "gan_template/losses.py", "gan_template/data/moons.py",
-            "gan_template/metrics/sliced_wasserstein.py"} <= files.keys()  # fmt: skip
-    assert sum(c.startswith("python -m gan_template ") for c in commands) == 4
+    assert {"gan_template/models/residual_mlp.py", "my_project/losses.py", "conf/penalty/r1_annealed.yaml",
+            "gan_template/data/moons.py", "gan_template/metrics/sliced_wasserstein.py"} <= files.keys()  # fmt: skip
+    assert sum(c.startswith("python -m gan_template ") for c in commands) == 5
     assert sum(c.startswith("python -m pytest") for c in commands) == 2
 
 
@@ -55,6 +60,7 @@ def project_with_examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert (mode == "append") == path.exists(), (
             f"{relative}: `{mode}=` but exists={path.exists()}"
         )
+        path.parent.mkdir(parents=True, exist_ok=True)  # a package of the user's own
         # Appended code goes after two blank lines, as a new top-level definition.
         path.write_text(
             path.read_text().rstrip("\n") + "\n\n\n" + code if mode == "append" else code
@@ -91,6 +97,11 @@ def test_every_command_of_the_page_runs(project_with_examples: Path) -> None:
                 " passed" in result.stdout
                 and "deselected" not in result.stdout.split(" passed")[0][-5:]
             )
+        if "penalty=r1_annealed" in command:
+            with open(run_dir / "metrics.csv") as file:
+                weights = [float(row["train/hp/penalty.weight"]) for row in csv.DictReader(file)
+                           if row.get("train/hp/penalty.weight")]  # fmt: skip
+            assert weights[0] > weights[-1] and weights == sorted(weights, reverse=True), weights
         if "callbacks=sliced_wasserstein" in command:
             with open(run_dir / "metrics.csv") as file:
                 values = [row["eval/sliced_wasserstein"] for row in csv.DictReader(file)]
