@@ -33,9 +33,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
-from torch import nn
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
+from torch import nn
 
 from gan_template.errors import ConfigError
 from gan_template.schedule import Schedule
@@ -112,8 +112,10 @@ def validate(cfg: DictConfig) -> None:
     problems += unknown_keys(cfg)
     for section in PART_SECTIONS:
         node = cfg._get_node(section)
-        if node is not None and not _is_none(node) and not (
-            isinstance(node, DictConfig) and "_target_" in node
+        if (
+            node is not None
+            and not _is_none(node)
+            and not (isinstance(node, DictConfig) and "_target_" in node)
         ):
             value = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
             problems.append(

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from gan_template import models
-from gan_template.schedule import Schedule, check_range
+from gan_template.schedule import Schedule, check_range, current
 
 
 def batch_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -132,9 +132,10 @@ class GeneratorEMA(nn.Module):
 
     def decay_at(self, updates: int) -> float:
         """Decay applied after the generator update with 1-based index ``updates``."""
+        decay = current(self.decay)
         if self.rampup is None:
-            return self.decay
-        horizon = min(1.0 / (1.0 - self.decay), self.rampup * updates)
+            return decay
+        horizon = min(1.0 / (1.0 - decay), current(self.rampup) * updates)
         return 0.0 if horizon <= 1.0 else 1.0 - 1.0 / horizon
 
     @torch.no_grad()

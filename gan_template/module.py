@@ -335,7 +335,7 @@ class GANModule(L.LightningModule):
             # Gradient penalties differentiate twice; torch.compile does not support
             # double backward, so the discriminator stays eager.
             rank_zero_warn(
-                "train.compile: the discriminator is not compiled because penalty.name is set"
+                "train.compile: the discriminator is not compiled because a penalty is set (penalty=none compiles it)"
             )
 
     def on_train_start(self) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from gan_template.schedule import Schedule, check_range
+from gan_template.schedule import Schedule, check_range, current
 
 
 def _input_gradient(discriminator: Callable[..., Tensor], inputs: Tensor, *args: Tensor) -> Tensor:
@@ -91,7 +91,7 @@ class Penalty:
         raise NotImplementedError
 
     def __call__(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
-        return self.weight * self.value(discriminator, real, fake)
+        return current(self.weight) * self.value(discriminator, real, fake)
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -143,8 +143,9 @@ class R1R2(Penalty):
         self.r2_weight = r2_weight
 
     def __call__(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
-        r2_weight = self.weight if self.r2_weight is None else self.r2_weight
-        return self.weight * r1_penalty(discriminator, real) + r2_weight * r2_penalty(
+        weight = current(self.weight)
+        r2_weight = weight if self.r2_weight is None else current(self.r2_weight)
+        return weight * r1_penalty(discriminator, real) + r2_weight * r2_penalty(
             discriminator, fake
         )
 

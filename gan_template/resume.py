@@ -100,7 +100,10 @@ def shape_mismatches(
     ]
     missing = [key for key in expected if key not in saved]
     unexpected = [key for key in saved if key not in expected]
-    for keys, what in ((missing, "not in the checkpoint"), (unexpected, "not in this config's networks")):
+    for keys, what in (
+        (missing, "not in the checkpoint"),
+        (unexpected, "not in this config's networks"),
+    ):
         if keys:
             shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
             problems.append(f"{what}: {shown}")

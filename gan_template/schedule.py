@@ -126,6 +126,12 @@ class Cosine(Schedule):
         return 0.5 * (1.0 - math.cos(math.pi * progress))
 
 
+def current(value: float | Schedule) -> float:
+    """A part's number as it reads it: the module replaces a schedule by its value each
+    iteration (:class:`ScheduledHyperparameters`); a part used on its own sees the start."""
+    return value(0) if isinstance(value, Schedule) else value
+
+
 def check_range(
     name: str, value: float | Schedule, low: float | None = None, high: float | None = None,
     high_inclusive: bool = True,

@@ -74,10 +74,9 @@ def test_every_loss_pushes_real_up_and_fake_down() -> None:
 
 
 def test_every_loss_option_of_conf_builds_its_class() -> None:
+    from conftest import REPO_ROOT
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-
-    from conftest import REPO_ROOT
 
     built = {
         path.stem: instantiate(OmegaConf.load(path))

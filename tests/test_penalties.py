@@ -7,8 +7,8 @@ import torch
 
 from gan_template.penalties import (
     R1,
-    R2,
     R1R2,
+    R2,
     GradientPenalty,
     gradient_penalty,
     r1_penalty,

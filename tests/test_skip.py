@@ -148,8 +148,7 @@ def test_a_predicate_on_d_loss_sees_it_at_the_generator_update_too(
     cfg = make_config(
         "experiment=ring",
         "train.iterations=3",
-        "skip.predicate={_target_: ddp_probe.DiscriminatorLossAbove, "
-        f"threshold: {threshold}}}",
+        f"skip.predicate={{_target_: ddp_probe.DiscriminatorLossAbove, threshold: {threshold}}}",
         "skip.predicate_reason=d_loss_high",
         "skip.max_consecutive=3",
         "extra_target_prefixes=[ddp_probe.]",
@@ -183,5 +182,7 @@ def test_a_predicate_that_raises_is_named_with_the_iteration(make_config) -> Non
     with pytest.raises(SkipPredicateError) as raised:
         run(without_evaluation(cfg))
     message = str(raised.value)
-    assert f"skip.predicate {__name__}.raise_at_iteration_two raised RuntimeError: my bug" in message
+    assert (
+        f"skip.predicate {__name__}.raise_at_iteration_two raised RuntimeError: my bug" in message
+    )
     assert "test_skip.py:" in message and "at iteration 2" in message
