@@ -26,8 +26,11 @@ def run_child(command: list[str], env: Mapping[str, str] | None = None) -> str:
     return done.stdout
 
 
-def training_run(overrides: list[str], run_dir: Path, result_file: str) -> dict:
-    """``python -m gan_template <overrides>`` in ``run_dir``; its ``result_file`` and run time.
+def training_run(overrides: list[str], run_dir: Path, section: str) -> dict:
+    """``python -m gan_template <overrides>`` in ``run_dir``; its final metrics and run time.
+
+    The metrics are those of ``final_metrics.json`` under ``section`` (``toy`` or
+    ``image``), without the prefix, and the ``iteration`` reached.
 
     The command is the one a user would type, so studies measure what users get.
     """
@@ -37,6 +40,10 @@ def training_run(overrides: list[str], run_dir: Path, result_file: str) -> dict:
     ]  # fmt: skip
     start = time.perf_counter()
     run_child(command)
-    result = json.loads((run_dir / result_file).read_text())
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    result = {
+        k.removeprefix(f"{section}/"): v for k, v in final.items() if k.startswith(f"{section}/")
+    }
+    result["iteration"] = final["iteration"]
     result["seconds"] = time.perf_counter() - start
     return result

@@ -5,7 +5,7 @@
 
 Each run is ``python -m gan_template experiment=R data.limit=N augment=A seed=S``
 as a user would type it (``data.limit=N`` trains on N of the embedded digits,
-fixed by ``data.data_seed``); the table reads each run's ``image_metrics.json``.
+fixed by ``data.data_seed``); the table reads each run's ``final_metrics.json``.
 FID and KID use the offline classifier's features and compare with all
 1,797 digits, whatever the limit; lower is better. Classes: digits among the
 10 that confidently classified samples cover.
@@ -32,7 +32,7 @@ def run_one(recipe: str, limit: int, augment: str, seed: int, extra: list[str], 
             *extra,
         ],
         root / f"{recipe}_limit{limit}_{augment}_seed{seed}",
-        "image_metrics.json",
+        "image",
     )
 
 

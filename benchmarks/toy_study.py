@@ -3,7 +3,7 @@
     python benchmarks/toy_study.py --experiments ring grid --seeds 0 1 2 [-- extra overrides]
 
 Each run is ``python -m gan_template experiment=E seed=S`` exactly as a user
-would type it; the table reads each run's ``toy_metrics.json``.
+would type it; the table reads each run's ``final_metrics.json``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def run_one(experiment: str, seed: int, overrides: list[str], root: Path) -> dic
     return training_run(
         [f"experiment={experiment}", f"seed={seed}", *overrides],
         root / f"{experiment}_seed{seed}",
-        "toy_metrics.json",
+        "toy",
     )
 
 

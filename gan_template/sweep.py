@@ -30,12 +30,11 @@ import torch.distributed
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from gan_template.callbacks.periodic import FINAL_METRICS
 from gan_template.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: Written by each run at its end: the iteration and the final evaluation metrics.
-FINAL_METRICS = "final_metrics.json"
 #: Read by the DDP ranks a job starts; the name follows the package (renamed with it).
 JOB_ENVIRONMENT = f"{__package__.upper()}_SWEEP_JOB"
 #: What Lightning's launcher adds to the launching process's environment.

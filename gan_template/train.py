@@ -20,14 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gan_template import models
-from gan_template.callbacks.periodic import EveryNIterations
+from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
 from gan_template.config import validate
 from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError
 from gan_template.module import GANModule
 from gan_template.resume import SHAPE_SECTIONS, config_changes, shape_mismatches
-from gan_template.sweep import FINAL_METRICS
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ def test_a_run_writes_everything_into_its_run_directory_and_resumes(tmp_path: Pa
         "checkpoints/last.ckpt",
         "samples/toy_iter0000020.png",
         "samples/toy_iter0000040.png",
-        "toy_metrics.json",
+        "final_metrics.json",
     ]:
         assert (first / expected).is_file(), expected
-    assert json.loads((first / "toy_metrics.json").read_text())["iteration"] == 40
+    assert json.loads((first / "final_metrics.json").read_text())["iteration"] == 40
 
     # Resume: the iteration count, and so the log steps, continue from the checkpoint.
     second = tmp_path / "second"
@@ -51,7 +51,7 @@ def test_a_run_writes_everything_into_its_run_directory_and_resumes(tmp_path: Pa
     with open(second / "metrics.csv") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/g_loss")]
     assert steps == [50, 60]
-    assert json.loads((second / "toy_metrics.json").read_text())["iteration"] == 60
+    assert json.loads((second / "final_metrics.json").read_text())["iteration"] == 60
 
     # Sampling from the checkpoint.
     out = tmp_path / "samples.pt"
@@ -86,7 +86,7 @@ def test_ckpt_path_last_resumes_the_run_in_the_same_directory(tmp_path: Path) ->
     cli(tmp_path, *common, "train.iterations=20", "trainer.log_every_n_steps=10")
     # The same command again (as a requeued job would run it), longer: it continues.
     cli(tmp_path, *common, "train.iterations=30", "trainer.log_every_n_steps=10", "ckpt_path=last")
-    assert json.loads((run_dir / "toy_metrics.json").read_text())["iteration"] == 30
+    assert json.loads((run_dir / "final_metrics.json").read_text())["iteration"] == 30
     with open(run_dir / "metrics.csv") as f:  # the first segment's logs are kept, not overwritten
         steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/g_loss")]
     assert steps == [10, 20, 30]

@@ -34,7 +34,7 @@ def test_default_run_writes_a_sample_grid_of_the_right_size(default_run: dict) -
     # 10 x 10 images of 16 px with make_grid's 2 px padding around each.
     assert Image.open(grid).size == (10 * 18 + 2, 10 * 18 + 2)
     assert (Path(default_run["run_dir"]) / "samples" / "grid_iter0001500.png").is_file()
-    assert (Path(default_run["run_dir"]) / "image_metrics.json").is_file()
+    assert (Path(default_run["run_dir"]) / "final_metrics.json").is_file()
 
 
 class _Collapsed(torch.nn.Module):

@@ -56,7 +56,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path: P
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert json.loads((resumed / "toy_metrics.json").read_text())["iteration"] == stopped_at + 25
+    assert json.loads((resumed / "final_metrics.json").read_text())["iteration"] == stopped_at + 25
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path: Path) -> None:

@@ -126,8 +126,8 @@ def test_the_new_project_trains_on_an_image_folder(project: Path, tmp_path: Path
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert (run_dir / "samples" / "grid_last.png").is_file()
-    metrics = json.loads((run_dir / "image_metrics.json").read_text())
-    assert metrics["iteration"] == 20 and metrics["num_classes"] == 2
+    metrics = json.loads((run_dir / "final_metrics.json").read_text())
+    assert metrics["iteration"] == 20 and metrics["image/num_classes"] == 2
 
 
 def test_copier_makes_the_same_project(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
 from gan_template import models
-from gan_template.callbacks.periodic import EveryNIterations
+from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.loggers import log_at_iteration
 from gan_template.metrics.classifier import (
     FeatureExtractor,
@@ -115,8 +114,8 @@ class ImageQualityEvaluation(EveryNIterations):
         super().on_train_end(trainer, pl_module)
         pl_module = as_gan_module(pl_module)
         if self.result is not None and trainer.is_global_zero:
-            path = Path(trainer.default_root_dir) / "image_metrics.json"
-            path.write_text(json.dumps({"iteration": pl_module.iteration, **self.result}, indent=2))
+            # The values go into the run's one result file, final_metrics.json (train.py).
+            path = Path(trainer.default_root_dir) / FINAL_METRICS
             summary = ", ".join(f"{k} {v:.4g}" for k, v in self.result.items())
             rank_zero_info(f"Image metrics at iteration {pl_module.iteration}: {summary} ({path})")
 

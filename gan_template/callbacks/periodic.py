@@ -20,6 +20,11 @@ def is_due(iteration: int, every_n_iterations: int, last_done: int) -> bool:
     )
 
 
+#: The run's one result file, written at its end (``train.write_final_metrics``): the
+#: iteration reached and the last evaluation's metrics of every :class:`EveryNIterations`.
+FINAL_METRICS = "final_metrics.json"
+
+
 class EveryNIterations(Callback):
     """Calls :meth:`run` every ``every_n_iterations`` iterations (0: never) and once at the end.
 

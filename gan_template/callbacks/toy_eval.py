@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from gan_template import models
-from gan_template.callbacks.periodic import EveryNIterations
+from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.loggers import log_at_iteration, log_image
 from gan_template.metrics.toy import ModeCoverage, mode_coverage
 from gan_template.module import GANModule, as_gan_module
@@ -51,10 +50,8 @@ class ToyMixtureEvaluation(EveryNIterations):
         super().on_train_end(trainer, pl_module)
         pl_module = as_gan_module(pl_module)
         if self.result is not None and trainer.is_global_zero:
-            path = Path(trainer.default_root_dir) / "toy_metrics.json"
-            path.write_text(
-                json.dumps({"iteration": pl_module.iteration, **self.result.as_dict()}, indent=2)
-            )
+            # The values go into the run's one result file, final_metrics.json (train.py).
+            path = Path(trainer.default_root_dir) / FINAL_METRICS
             r = self.result
             rank_zero_info(
                 f"Mode coverage at iteration {pl_module.iteration}: {r.modes_captured}/{r.num_modes} modes, "
