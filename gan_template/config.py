@@ -26,6 +26,7 @@ import importlib.util
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -38,7 +39,9 @@ from omegaconf.errors import InterpolationResolutionError
 from torch import nn
 
 from gan_template.errors import ConfigError
-from gan_template.schedule import Schedule
+from gan_template.schedule import Schedule, StepSchedule
+from gan_template.skip import SkipRule
+from gan_template.update import Updates
 
 #: Packages whose callables a config may instantiate, besides ``extra_target_prefixes``.
 ALLOWED_TARGET_PREFIXES = ("gan_template.", "torch.", "torchvision.", "torchmetrics.", "lightning.")
@@ -141,7 +144,6 @@ def validate(cfg: DictConfig) -> None:
         )
     need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32 - 1]")
     need(cfg.train.iterations >= 1, "train.iterations", "must be >= 1")
-    need(cfg.train.n_critic >= 1, "train.n_critic", "must be >= 1")
     need(
         cfg.augment is None or cfg.data.get("resolution") is not None,
         "augment.policy",
@@ -159,8 +161,14 @@ def validate(cfg: DictConfig) -> None:
                 problems.append(f"{section}.{error.__cause__ or error}")
             except ValueError as error:  # raised by a partial's constructor
                 problems.append(f"{section}.{error}")
-    clip = cfg.optim.get("gradient_clip_norm")
-    need(clip is None or clip > 0, "optim.gradient_clip_norm", "must be > 0 or null")
+    # Single settings whose range their owner's constructor checks.
+    for key, owner in SETTINGS_CHECKED_BY_THEIR_OWNER.items():
+        try:
+            owner(OmegaConf.select(cfg, key))
+        except ValueError as error:
+            problems.append(
+                f"{key}={OmegaConf.select(cfg, key)!r}: {str(error).split(': ', 1)[-1]}"
+            )
     for net in ("generator", "discriminator"):
         lr = OmegaConf.select(cfg, f"optim.{net}.lr", default=None)
         need(lr is None or all(v > 0 for v in _values(lr)), f"optim.{net}.lr", "must be > 0")
@@ -211,6 +219,12 @@ def invalid_config(problems: list[str]) -> ConfigError:
         + "\n(`python -m gan_template --cfg job` prints the composed config; conf/ documents every key)"
     )
 
+
+#: Settings passed on to a constructor that checks them (its message names the argument).
+SETTINGS_CHECKED_BY_THEIR_OWNER: dict[str, Callable[[Any], object]] = {
+    "train.n_critic": lambda value: StepSchedule(n_critic=value),
+    "optim.gradient_clip_norm": lambda value: Updates(SkipRule(0), value),
+}
 
 #: Sections that are one ``_target_`` node each.
 PART_SECTIONS = ("loss", "penalty", "skip", "augment", "ema", "module")

@@ -162,7 +162,7 @@ class GANModule(L.LightningModule):
                     "both would set the learning rate; keep one of them"
                 )
         if max_iterations is not None and max_iterations < 1:
-            raise ValueError(f"max_iterations={max_iterations} must be >= 1 (or None)")
+            raise ValueError(f"max_iterations={max_iterations}: must be >= 1 (or None)")
         self.max_iterations = max_iterations
         self.compile_networks = compile_networks
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -34,9 +34,9 @@ class StepSchedule:
 
     def __post_init__(self) -> None:
         if self.n_critic < 1:
-            raise ValueError(f"n_critic={self.n_critic} must be >= 1")
+            raise ValueError(f"n_critic={self.n_critic}: must be >= 1")
         if self.penalty_interval < 1:
-            raise ValueError(f"penalty_interval={self.penalty_interval} must be >= 1")
+            raise ValueError(f"penalty_interval={self.penalty_interval}: must be >= 1")
 
     def penalty_due(self, discriminator_updates: int) -> bool:
         """Whether the discriminator update with this 0-based index carries the penalty."""

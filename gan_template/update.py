@@ -53,7 +53,7 @@ class Updates:
 
     def __init__(self, rule: SkipRule, gradient_clip_norm: float | None = None) -> None:
         if gradient_clip_norm is not None and gradient_clip_norm <= 0:
-            raise ValueError(f"gradient_clip_norm={gradient_clip_norm} must be > 0 (or None)")
+            raise ValueError(f"gradient_clip_norm={gradient_clip_norm}: must be > 0 or null")
         self.rule = rule
         self.gradient_clip_norm = gradient_clip_norm
         self.last_reason: str | None = None  # of the iteration that ended last

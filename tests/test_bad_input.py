@@ -32,7 +32,11 @@ CASES = [
     # (overrides, exit code, message fragment or fragments)
     (["trian.iterations=5"], 1, "Key 'trian' not in 'RunConfig'"),
     (["train.iterations=many"], 1, "Value 'many' of type 'str' could not be converted to Integer"),
-    (["train.n_critic=0"], 2, "train.n_critic=0: must be >= 1"),
+    (
+        ["train.n_critic=0", "optim.gradient_clip_norm=0"],
+        2,
+        ["train.n_critic=0: must be >= 1", "optim.gradient_clip_norm=0: must be > 0 or null"],
+    ),
     (["train.iterations=0"], 2, "train.iterations=0: must be >= 1"),
     (["optim.generator.lr=-0.1"], 2, "optim.generator.lr=-0.1: must be > 0"),
     (
