@@ -122,7 +122,7 @@ def test_wandb_offline_logs_iterations_config_and_pictures_and_resume_continues_
 
     config = wandb_config(run_files[0])["run_config"]
     assert config["train"]["iterations"] == 20  # type: ignore[index]
-    assert config["loss"]["name"] == "non_saturating"  # type: ignore[index]
+    assert config["loss"]["_target_"] == "gan_template.losses.NonSaturating"  # type: ignore[index]
 
 
 # --- MLflow ------------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_mlflow_logs_iterations_config_and_pictures_and_resume_continues_the_run
 
     params = found.data.params
     assert params["run_config/train/iterations"] == "20"  # parameters are set once
-    assert params["run_config/loss/name"] == "non_saturating"
+    assert params["run_config/loss/_target_"] == "gan_template.losses.NonSaturating"
 
     pictures = sorted(Path(a.path).name for a in client.list_artifacts(run_id, "samples"))
     assert pictures == [f"toy_iter{i:07d}.png" for i in (10, 20, 30)]
