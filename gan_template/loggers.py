@@ -13,7 +13,6 @@ run (the trackers' run ids are kept in ``<run dir>/tracker_runs.json``).
 
 from __future__ import annotations
 
-import csv
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +21,6 @@ from typing import Any
 
 import torch
 from lightning.fabric.loggers import Logger as FabricLogger
-from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
@@ -31,6 +29,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from gan_template.checkpoint_io import write_atomically
+from gan_template.lightning_internals import AppendingExperimentWriter, add_prefix, flatten_params
 
 
 def log_at_iteration(
@@ -125,20 +124,11 @@ class EpochMeans:
 # --- Loggers -----------------------------------------------------------------
 
 
-class _AppendingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:
-        # Keep the file and learn its columns, so new rows append under the same header.
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                header = next(csv.reader(file), [])
-            self.metrics_keys = sorted(header)
-
-
 class ResumableCSVLogger(CSVLogger):
     """``CSVLogger`` that appends to an existing ``metrics.csv`` instead of deleting it.
 
     Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts
-    (``ExperimentWriter._check_log_dir_exists``), so resuming into the same run
+    (``lightning_internals.AppendingExperimentWriter``), so resuming into the same run
     directory would erase the logs of everything before the interruption.
     """
 
@@ -146,7 +136,7 @@ class ResumableCSVLogger(CSVLogger):
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None and getattr(rank_zero_only, "rank", 0) == 0:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return super().experiment
 
 
@@ -208,7 +198,7 @@ class WandbLogger(LightningWandbLogger):
         if step is None:
             super().log_metrics(metrics)
         else:
-            prefixed = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+            prefixed = add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
             self.experiment.log({**prefixed, "iteration": step})
 
     @rank_zero_only
@@ -250,13 +240,7 @@ class MLFlowLogger(LightningMLFlowLogger):
     def log_hyperparams(self, params: Any) -> None:
         if self._resumed_run is None:
             return super().log_hyperparams(params)
-        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-
         logged = self.experiment.get_run(self._resumed_run).data.params
-        new = {
-            key: value
-            for key, value in _flatten_dict(_convert_params(params)).items()
-            if key not in logged
-        }
+        new = {key: value for key, value in flatten_params(params).items() if key not in logged}
         if new:
             super().log_hyperparams(new)

@@ -36,6 +36,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from gan_template import models
 from gan_template.ema import GeneratorEMA
+from gan_template.lightning_internals import precision_scaler
 from gan_template.loggers import EpochMeans, as_numbers, log_at_iteration
 from gan_template.losses import AdversarialLoss, NonSaturating, discriminator_statistics
 from gan_template.penalties import Penalty
@@ -348,7 +349,7 @@ class GANModule(L.LightningModule):
             wrapped_model=trainer.model,
             world_size=trainer.world_size,
             rank=trainer.global_rank,
-            scaler=getattr(trainer.precision_plugin, "scaler", None),
+            scaler=precision_scaler(trainer),
         )
         if trainer.ckpt_path is not None:
             self._apply_configured_learning_rates()

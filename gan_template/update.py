@@ -34,12 +34,13 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gan_template.distributed import all_reduce_gradients, disable_reducer
+from gan_template.lightning_internals import step_takes_found_inf
 from gan_template.skip import SkipRule
 
 
 def decides_on_device(optimizer: Optimizer, scaler: Any) -> bool:
     """Whether ``optimizer.step`` honours a device-side ``found_inf`` flag we may set."""
-    return scaler is None and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+    return scaler is None and step_takes_found_inf(optimizer)
 
 
 class Updates:
@@ -156,7 +157,7 @@ class Updates:
         16-mixed's scaled gradients, Lightning #18089).
         """
         parameters = self._parameters[optimizer]
-        if self._scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+        if self._scaler is not None and step_takes_found_inf(optimizer):
             # Lightning leaves unscaling to a fused optimizer's own step (its
             # MixedPrecision.optimizer_step): too late to clip or check. The scaler's
             # step then sees the gradients unscaled and does not unscale them again.

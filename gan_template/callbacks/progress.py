@@ -7,6 +7,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from gan_template.lightning_internals import progress_bar_due
 from gan_template.module import as_gan_module
 
 
@@ -49,7 +50,7 @@ class IterationProgressBar(TQDMProgressBar):
     ) -> None:
         bar = self.train_progress_bar
         iteration = as_gan_module(pl_module).iteration
-        if self._should_update(iteration, bar.total) and not bar.disable:
+        if progress_bar_due(self, iteration, bar.total) and not bar.disable:
             bar.n = iteration
             bar.set_postfix(self.get_metrics(trainer, pl_module))
             bar.refresh()

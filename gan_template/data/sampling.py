@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from gan_template.errors import DataError
+from gan_template.lightning_internals import batches_done_in_epoch
 
 
 class EpochShuffledBatches(Sampler[Any]):
@@ -108,7 +109,7 @@ def training_loader(
     )
     if trainer is not None and trainer.fit_loop.restarting:
         # Batches of the current epoch the checkpoint had already trained on.
-        batches.start_batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        batches.start_batch = batches_done_in_epoch(trainer)
     # Worker seeds come from this generator rather than the global RNG, so
     # creating an iterator (at every epoch, and at a resume) leaves the
     # training's random stream untouched.

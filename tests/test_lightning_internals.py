@@ -1,0 +1,64 @@
+"""Each private or internal name the template uses still works in the installed Lightning/torch.
+
+If one of these fails after an upgrade, fix ``gan_template/lightning_internals.py`` (the only
+place that touches these names) before raising the ``lightning`` pin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.plugins.precision import MixedPrecision
+
+from gan_template import lightning_internals as internals
+
+
+def test_add_prefix_and_flatten_params_match_what_loggers_write() -> None:
+    assert internals.add_prefix({"loss": 1.0}, "train", "/") == {"train/loss": 1.0}
+    assert internals.add_prefix({"loss": 1.0}, "", "/") == {"loss": 1.0}
+    flat = internals.flatten_params({"run_config": {"optim": {"lr": 0.1}, "tags": None}})
+    assert flat == {"run_config/optim/lr": 0.1, "run_config/tags": None}
+
+
+def test_the_appending_writer_keeps_an_existing_metrics_file(tmp_path: Path) -> None:
+    first = internals.AppendingExperimentWriter(log_dir=str(tmp_path))
+    first.log_metrics({"a": 1.0}, step=1)
+    first.save()
+    second = internals.AppendingExperimentWriter(log_dir=str(tmp_path))  # a resumed run
+    second.log_metrics({"a": 2.0}, step=2)
+    second.save()
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["a", "step"] and len(rows) == 3
+
+
+def test_the_progress_bar_rule_redraws_at_its_rate_and_at_the_end() -> None:
+    bar = TQDMProgressBar(refresh_rate=10)
+    assert internals.progress_bar_due(bar, 20, 100)
+    assert not internals.progress_bar_due(bar, 21, 100)
+    assert internals.progress_bar_due(bar, 100, 100)
+
+
+def test_loop_progress_and_the_precision_scaler_are_where_the_template_reads_them() -> None:
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    assert internals.batches_done_in_epoch(trainer) == 0
+    assert internals.precision_scaler(trainer) is None  # 32-bit: no GradScaler
+    # 16-mixed on a GPU: Lightning's MixedPrecision plugin holds the GradScaler as `scaler`.
+    plugin = MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))
+    with_plugin = L.Trainer(accelerator="cpu", logger=False, plugins=[plugin])
+    assert internals.precision_scaler(with_plugin) is plugin.scaler is not None
+
+
+@pytest.mark.parametrize(("fused", "expected"), [(True, True), (False, False)])
+def test_fused_optimizers_take_found_inf(fused: bool, expected: bool) -> None:
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.Adam([param], fused=fused)
+    assert internals.step_takes_found_inf(optimizer) is expected
+    if fused:  # the protocol itself: found_inf = 1 makes the step apply nothing
+        param.grad = torch.ones(3)
+        optimizer.found_inf = torch.ones(())  # type: ignore[attr-defined]
+        optimizer.step()
+        assert torch.equal(param.detach(), torch.zeros(3))
