@@ -96,56 +96,43 @@ class AdversarialLoss:
         return f"{type(self).__name__}({arguments})"
 
 
+# The losses above as the objects conf/loss/*.yaml names: each method is its pure function.
+
+
 class NonSaturating(AdversarialLoss):
     """The standard GAN loss with the non-saturating generator loss (Goodfellow et al., 2014)."""
 
-    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        return non_saturating_d(real_logits, fake_logits)
-
-    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
-        return non_saturating_g(fake_logits)
+    discriminator_loss = staticmethod(non_saturating_d)
+    generator_loss = staticmethod(non_saturating_g)
 
 
 class Hinge(AdversarialLoss):
     """The hinge loss of SNGAN and BigGAN."""
 
-    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        return hinge_d(real_logits, fake_logits)
-
-    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
-        return hinge_g(fake_logits)
+    discriminator_loss = staticmethod(hinge_d)
+    generator_loss = staticmethod(hinge_g)
 
 
 class Wasserstein(AdversarialLoss):
     """The WGAN critic loss; pair it with a Lipschitz penalty (penalty=gradient_penalty)."""
 
-    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        return wasserstein_d(real_logits, fake_logits)
-
-    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
-        return wasserstein_g(fake_logits)
+    discriminator_loss = staticmethod(wasserstein_d)
+    generator_loss = staticmethod(wasserstein_g)
 
 
 class LeastSquares(AdversarialLoss):
     """LSGAN with targets 0 (fake), 1 (real) and 1 (the generator's)."""
 
-    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        return least_squares_d(real_logits, fake_logits)
-
-    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
-        return least_squares_g(fake_logits)
+    discriminator_loss = staticmethod(least_squares_d)
+    generator_loss = staticmethod(least_squares_g)
 
 
 class Relativistic(AdversarialLoss):
     """The relativistic pairing loss (RpGAN) of R3GAN; both losses read D(real) and D(fake)."""
 
     pairs_real_and_fake = True
-
-    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        return relativistic_d(real_logits, fake_logits)
-
-    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
-        return relativistic_g(fake_logits, real_logits)
+    discriminator_loss = staticmethod(relativistic_d)
+    generator_loss = staticmethod(relativistic_g)
 
 
 @torch.no_grad()  # metrics only: no autograd bookkeeping for them
