@@ -187,6 +187,16 @@ def validate(cfg: DictConfig) -> None:
             f"optim.{net}.foreach",
             f"cannot be true together with optim.{net}.fused=true; set one of them to false",
         )
+    # Trainer settings Lightning refuses in manual optimization, or that the run would ignore.
+    for key, instead in TRAINER_SETTINGS_REPLACED.items():
+        if cfg.trainer.get(key) is not None:
+            problems.append(f"trainer.{key}={cfg.trainer[key]!r}: {instead}")
+    workers = cfg.data.get("num_workers")
+    need(
+        workers is None or workers >= 0,
+        "data.num_workers",
+        "must be >= 0 (0: load in the main process)",
+    )
     batch_size = cfg.data.get("batch_size")
     need(batch_size is None or batch_size >= 1, "data.batch_size", "must be >= 1")
     resolution = cfg.data.get("resolution")
@@ -224,6 +234,19 @@ def invalid_config(problems: list[str]) -> ConfigError:
 SETTINGS_CHECKED_BY_THEIR_OWNER: dict[str, Callable[[Any], object]] = {
     "train.n_critic": lambda value: StepSchedule(n_critic=value),
     "optim.gradient_clip_norm": lambda value: Updates(SkipRule(0), value),
+}
+
+#: Trainer arguments this template replaces, and with what (Lightning raises for the first
+#: two in manual optimization; the module sets max_steps/max_epochs itself).
+TRAINER_SETTINGS_REPLACED = {
+    "gradient_clip_val": "Lightning cannot clip in manual optimization; use "
+    "optim.gradient_clip_norm (clips each update's unscaled gradient norm)",
+    "gradient_clip_algorithm": "use optim.gradient_clip_norm (norm clipping) instead",
+    "accumulate_grad_batches": "gradient accumulation is not offered (a GAN update's "
+    "discriminator and generator steps alternate within one batch); raise data.batch_size instead",
+    "max_steps": "the run length is train.iterations (generator updates; max_steps would "
+    "count every optimizer step); set train.iterations instead",
+    "max_epochs": "the run length is train.iterations; set train.iterations instead",
 }
 
 #: Sections that are one ``_target_`` node each.

@@ -113,6 +113,20 @@ CASES = [
     ),
     (["seed=-1"], 2, "seed=-1: must be in [0, 2**32 - 1]"),
     (
+        [
+            "+trainer.gradient_clip_val=1.0",
+            "+trainer.accumulate_grad_batches=2",
+            "+trainer.max_steps=10",
+        ],
+        2,
+        [
+            "trainer.gradient_clip_val=1.0: Lightning cannot clip in manual optimization; use optim.gradient_clip_norm",
+            "trainer.accumulate_grad_batches=2: gradient accumulation is not offered",
+            "trainer.max_steps=10: the run length is train.iterations",
+        ],
+    ),
+    (["data.num_workers=-1"], 2, "data.num_workers=-1: must be >= 0"),
+    (
         ["experiment=ring", "model=dcgan"],
         2,
         "model.generator.channels: cannot be resolved (Interpolation key 'data.channels' not found)",
