@@ -43,14 +43,20 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     descriptor, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
     )
+    file = None
     try:
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
+        with os.fdopen(descriptor, "wb") as raw:
+            file = _RecordingFile(raw)
+            write(file)  # type: ignore[arg-type]  # a file object in all but name
             file.flush()
-            os.fsync(file.fileno())
+            os.fsync(raw.fileno())
         os.replace(temporary, path)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if file is not None and file.error is not None and not isinstance(error, OSError):
+            # torch.save turns a failed write (a full disk) into "RuntimeError: [enforce
+            # fail at inline_container.cc]" and drops the OSError: report the OSError.
+            error = file.error
         if isinstance(error, OSError) and not isinstance(error, CheckpointWriteError):
             intact = newest_intact(path.parent, excluding=None)
             raise CheckpointWriteError(
@@ -67,6 +73,31 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+class _RecordingFile:
+    """A binary file that remembers the first ``OSError`` its writes raised."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
 
 
 def copy_atomically(source: Path, target: Path) -> None:

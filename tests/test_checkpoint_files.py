@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
 import signal
 import subprocess
@@ -145,3 +146,67 @@ def test_resuming_from_a_damaged_last_ckpt_says_which_checkpoint_to_use(tmp_path
     assert "Traceback" not in resumed.stderr
     assert f"{last} is damaged" in resumed.stderr
     assert f"ckpt_path={run_dir / 'checkpoints' / 'iter0000004.ckpt'}" in resumed.stderr
+
+
+class FillsUpAfter:
+    """A file whose disk fills up after ``room`` bytes (write raises ENOSPC, as the OS does)."""
+
+    def __init__(self, file: IO[bytes], room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.file, name)
+
+    def __enter__(self) -> FillsUpAfter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.file.close()
+
+
+def test_a_full_disk_under_torch_save_is_reported_as_the_write_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save turns the OSError into "RuntimeError: [enforce fail ...]"; the message names the disk."""
+    import gan_template.checkpoint_io as checkpoint_io
+
+    target = tmp_path / "last.ckpt"
+    write_atomically(target, lambda file: torch.save({"iteration": 10}, file))
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(
+        checkpoint_io.os, "fdopen", lambda *a, **k: FillsUpAfter(real_fdopen(*a, **k), 5000)
+    )
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        write_atomically(target, lambda file: torch.save({"weights": torch.zeros(100_000)}, file))
+    monkeypatch.undo()
+    assert torch.load(target)["iteration"] == 10
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_run_on_a_full_disk_exits_4_with_the_message(tmp_path: Path) -> None:
+    """A real full file system (a 3 MB tmpfs) where one can be mounted (root on Linux)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "gan_template", "train.iterations=3",
+             "callbacks.image_eval.every_n_iterations=0", "trainer.enable_progress_bar=false",
+             f"hydra.run.dir={disk / 'run'}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    assert completed.returncode == 4, completed.stderr[-3000:]
+    assert "gan_template: error: could not write the checkpoint" in completed.stderr
+    assert "No space left on device" in completed.stderr
+    assert "Traceback" not in completed.stderr
