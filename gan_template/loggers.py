@@ -14,6 +14,10 @@ run (the trackers' run ids are kept in ``<run dir>/tracker_runs.json``).
 from __future__ import annotations
 
 import json
+import netrc
+import os
+import socket
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -29,6 +33,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from gan_template.checkpoint_io import write_atomically
+from gan_template.errors import ConfigError
 from gan_template.lightning_internals import AppendingExperimentWriter, add_prefix, flatten_params
 
 
@@ -161,6 +166,50 @@ def remember_run_id(run_dir: str | Path, tracker: str, run_id: str) -> None:
         write_atomically(path, lambda file: file.write(text))
 
 
+def check_wandb_credentials(offline: bool) -> None:
+    """Refuse an online W&B run without an API key, before anything trains.
+
+    Without one, wandb raises ``UsageError: No API key configured`` only when the
+    run starts (after the data is loaded), with a traceback. The key is where
+    ``wandb login`` puts it (``~/.netrc``) or in ``WANDB_API_KEY``.
+    """
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if offline or mode in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return
+    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    host = urllib.parse.urlparse(base_url).hostname or "api.wandb.ai"
+    try:
+        if netrc.netrc().authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ConfigError(
+        "logger=wandb: no W&B API key is configured (no WANDB_API_KEY, no entry for "
+        f"{host} in ~/.netrc); run `wandb login` once, or log offline with WANDB_MODE=offline "
+        "(and `wandb sync <run dir>/wandb/offline-run-*` later), or choose another logger"
+    )
+
+
+def check_tracking_server(uri: str | None, timeout: float = 5.0) -> None:
+    """Refuse an MLflow tracking server that does not answer, before anything trains.
+
+    MLflow's client retries a refused connection again and again (urllib3
+    ``Retrying ...``) before it gives up; one plain connection attempt says at once.
+    """
+    if not uri or not uri.startswith(("http://", "https://")):
+        return  # a file or database store: MLflow creates it
+    address = urllib.parse.urlparse(uri)
+    port = address.port or (443 if address.scheme == "https" else 80)
+    try:
+        socket.create_connection((address.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        raise ConfigError(
+            f"logger.mlflow.tracking_uri={uri}: the tracking server does not answer "
+            f"({error.strerror or error}); start it, fix the address (or MLFLOW_TRACKING_URI), "
+            "or use the local store (leave tracking_uri unset)"
+        ) from None
+
+
 class WandbLogger(LightningWandbLogger):
     """Lightning's ``WandbLogger``, one W&B run per run directory, on the iteration axis.
 
@@ -178,6 +227,7 @@ class WandbLogger(LightningWandbLogger):
     requires = ("wandb", "wandb")
 
     def __init__(self, run_dir: str, **kwargs: Any) -> None:
+        check_wandb_credentials(offline=bool(kwargs.get("offline", False)))
         self._run_dir = run_dir
         kwargs.setdefault("id", remembered_run_id(run_dir, "wandb") or uuid.uuid4().hex[:12])
         kwargs.setdefault("resume", "allow")
@@ -221,6 +271,7 @@ class MLFlowLogger(LightningMLFlowLogger):
     requires = ("mlflow", "mlflow")
 
     def __init__(self, run_dir: str, **kwargs: Any) -> None:
+        check_tracking_server(kwargs.get("tracking_uri"))
         self._run_dir = run_dir
         self._resumed_run = remembered_run_id(run_dir, "mlflow")
         super().__init__(run_id=self._resumed_run, **kwargs)

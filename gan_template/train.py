@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, ProgressBar
@@ -24,7 +25,7 @@ from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
 from gan_template.config import validate
 from gan_template.environment import avoid_per_step_gpu_probing
-from gan_template.errors import ConfigError
+from gan_template.errors import ConfigError, UserInputError
 from gan_template.module import GANModule
 from gan_template.resume import SHAPE_SECTIONS, config_changes, shape_mismatches
 
@@ -41,6 +42,21 @@ def build_network(cfg: DictConfig, which: str, num_classes: int = 0) -> nn.Modul
             "has no class labels; set model.conditional=false"
         )
     return instantiate(cfg.model[which], num_classes=num_classes)
+
+
+def checked_instantiate(node: DictConfig) -> Any:
+    """``instantiate(node)``, with a constructor's input error as itself, not Hydra's wrapper.
+
+    A logger refuses what cannot work (no W&B key, an unreachable MLflow server)
+    with a :class:`~gan_template.errors.UserInputError`; the command prints it
+    as one clean message (exit 2).
+    """
+    try:
+        return instantiate(node)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, UserInputError):
+            raise error.__cause__ from None
+        raise
 
 
 def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
@@ -203,7 +219,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress-bar callback when the bar is disabled.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    loggers = [checked_instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     plugins = [instantiate(plugin) for plugin in cfg.trainer.get("plugins") or []]
     if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
         plugins.append(AtomicCheckpointIO())  # a kill mid-save never leaves a half file

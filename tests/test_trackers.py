@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +162,42 @@ def test_mlflow_logs_iterations_config_and_pictures_and_resume_continues_the_run
 
     pictures = sorted(Path(a.path).name for a in client.list_artifacts(run_id, "samples"))
     assert pictures == [f"toy_iter{i:07d}.png" for i in (10, 20, 30)]
+
+
+# --- Trackers that cannot work: refused before anything trains ----------------
+
+
+def run_cli(tmp_path: Path, *overrides: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gan_template", "experiment=ring", "train.iterations=5",
+         "trainer.enable_progress_bar=false", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+
+
+def test_wandb_without_an_api_key_says_how_to_log_in_or_go_offline(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc
+    env["NETRC"] = str(tmp_path / "no-netrc")
+    completed = run_cli(tmp_path, "logger=wandb", env=env)
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "no W&B API key is configured" in completed.stderr
+    assert "wandb login" in completed.stderr and "WANDB_MODE=offline" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_unreachable_mlflow_server_is_named_at_once(tmp_path: Path) -> None:
+    """Within run_cli's timeout, not after MLflow's retries."""
+    completed = run_cli(
+        tmp_path,
+        "logger=mlflow",
+        "logger.mlflow.tracking_uri=http://127.0.0.1:9",
+        env=dict(os.environ),
+    )
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "logger.mlflow.tracking_uri=http://127.0.0.1:9: the tracking server does not answer" in (
+        completed.stderr
+    )
+    assert "Traceback" not in completed.stderr and "Retrying" not in completed.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
