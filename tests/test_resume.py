@@ -115,20 +115,11 @@ def test_resuming_with_other_network_shapes_names_the_keys_and_the_checkpoint_va
 
 def test_a_change_that_shapes_no_tensor_is_applied_on_resume(make_config, tmp_path: Path) -> None:
     """Resume compares tensor shapes, not config keys: a new BatchNorm epsilon resumes."""
-    first = tmp_path / "first"
     common = ["experiment=dcgan", "model=mlp_image", "callbacks.image_eval.every_n_iterations=0"]
-    run(make_config(*common, "train.iterations=2", run_dir=first))
-    ckpt = first / "checkpoints" / "last.ckpt"
-    result = run(
-        make_config(
-            *common,
-            "train.iterations=3",
-            f"ckpt_path={ckpt}",
-            "model.generator.batch_norm_eps=0.5",
-            run_dir=tmp_path / "resumed",
-        )
-    )
-    module = result["module"]
+    run(make_config(*common, "train.iterations=2", run_dir=tmp_path / "first"))
+    ckpt = f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"
+    changed = ["train.iterations=3", "model.generator.batch_norm_eps=0.5"]
+    module = run(make_config(*common, ckpt, *changed, run_dir=tmp_path / "resumed"))["module"]
     assert module.iteration == 3
     norms = [m for m in module.generator.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     assert norms and all(m.eps == 0.5 for m in norms)
