@@ -41,12 +41,7 @@ from gan_template.loggers import EpochMeans, as_numbers, log_at_iteration
 from gan_template.losses import AdversarialLoss, NonSaturating, discriminator_statistics
 from gan_template.penalties import Penalty
 from gan_template.resume import gather_rng_states, restore_rng_state
-from gan_template.schedule import (
-    ScheduledHyperparameters,
-    StepSchedule,
-    param_group_setter,
-    split_optimizer_schedules,
-)
+from gan_template.schedule import ScheduledHyperparameters, StepSchedule
 from gan_template.skip import SkipRule
 from gan_template.update import Updates
 
@@ -146,22 +141,15 @@ class GANModule(L.LightningModule):
         self.updates = Updates(skip or SkipRule(max_consecutive=20), gradient_clip_norm)
 
         # Numbers that change over the run: set at the start of every iteration.
-        self.hyperparameter_schedules = ScheduledHyperparameters()
-        for name, part in (("loss", loss), ("penalty", penalty), ("augment", augment)):
-            self.hyperparameter_schedules.bind(name, part)
-        self.hyperparameter_schedules.bind("ema", self.generator_ema)
-        self.make_optimizer_g, self._optimizer_schedules_g = split_optimizer_schedules(optimizer_g)
-        self.make_optimizer_d, self._optimizer_schedules_d = split_optimizer_schedules(optimizer_d)
+        self.hyperparameter_schedules = schedules = ScheduledHyperparameters()
+        parts = {"loss": loss, "penalty": penalty, "augment": augment, "ema": self.generator_ema}
+        for name, part in parts.items():
+            schedules.bind(name, part)
+        self.make_optimizer_g = schedules.optimizer_factory("generator", optimizer_g, scheduler_g)
+        self.make_optimizer_d = schedules.optimizer_factory(
+            "discriminator", optimizer_d, scheduler_d
+        )
         self.make_scheduler_g, self.make_scheduler_d = scheduler_g, scheduler_d
-        for which, schedules, scheduler in (
-            ("generator", self._optimizer_schedules_g, scheduler_g),
-            ("discriminator", self._optimizer_schedules_d, scheduler_d),
-        ):
-            if "lr" in schedules and scheduler is not None:
-                raise ValueError(
-                    f"optim.{which}.lr is a schedule and optim.{which}_scheduler is set too: "
-                    "both would set the learning rate; keep one of them"
-                )
         if max_iterations is not None and max_iterations < 1:
             raise ValueError(f"max_iterations={max_iterations}: must be >= 1 (or None)")
         self.max_iterations = max_iterations
@@ -365,15 +353,14 @@ class GANModule(L.LightningModule):
         """
         optimizers = [opt.optimizer for opt in cast(list[LightningOptimizer], self.optimizers())]
         schedulers = self._lr_schedulers()
-        for name, factory, schedules, optimizer in zip(
+        for name, factory, optimizer in zip(
             ("generator", "discriminator"),
             (self.make_optimizer_g, self.make_optimizer_d),
-            (self._optimizer_schedules_g, self._optimizer_schedules_d),
             optimizers,
             strict=True,
         ):
             lr = getattr(factory, "keywords", {}).get("lr")
-            if lr is None or "lr" in schedules:  # a scheduled rate is set every iteration
+            if lr is None or self.hyperparameter_schedules.schedules_learning_rate(name):
                 continue
             for group in optimizer.param_groups:
                 old = group.get("initial_lr", group["lr"])
@@ -439,13 +426,8 @@ class GANModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer_g = self.make_optimizer_g(self.generator.parameters())
         optimizer_d = self.make_optimizer_d(self.discriminator.parameters())
-        for which, optimizer, schedules in (
-            ("generator", optimizer_g, self._optimizer_schedules_g),
-            ("discriminator", optimizer_d, self._optimizer_schedules_d),
-        ):
-            for key, schedule in schedules.items():
-                setter = param_group_setter(optimizer, key)
-                self.hyperparameter_schedules.bind_setter(f"optim.{which}.{key}", schedule, setter)
+        self.hyperparameter_schedules.bind_optimizer("generator", optimizer_g)
+        self.hyperparameter_schedules.bind_optimizer("discriminator", optimizer_d)
         schedulers = [
             factory(optimizer)
             for factory, optimizer in (

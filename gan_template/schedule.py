@@ -159,6 +159,7 @@ class ScheduledHyperparameters:
 
     def __init__(self) -> None:
         self._bindings: dict[str, tuple[Schedule, Callable[[float], None]]] = {}
+        self._optimizer_schedules: dict[str, dict[str, Schedule]] = {}
         self.values: dict[str, float] = {}
 
     def bind(self, prefix: str, part: object) -> None:
@@ -183,6 +184,27 @@ class ScheduledHyperparameters:
 
     def __len__(self) -> int:
         return len(self._bindings)
+
+    def optimizer_factory(
+        self, which: str, factory: Callable[..., Any], scheduler: object | None
+    ) -> Callable[..., Any]:
+        """``factory`` without its schedules, which :meth:`bind_optimizer` binds once it is built."""
+        resolved, schedules = split_optimizer_schedules(factory)
+        if "lr" in schedules and scheduler is not None:
+            raise ValueError(
+                f"optim.{which}.lr is a schedule and optim.{which}_scheduler is set too: "
+                "both would set the learning rate; keep one of them"
+            )
+        self._optimizer_schedules[which] = schedules
+        return resolved
+
+    def bind_optimizer(self, which: str, optimizer: Any) -> None:
+        """Bind the schedules of ``optimizer_factory(which, ...)`` to ``optimizer``'s param groups."""
+        for key, schedule in self._optimizer_schedules.get(which, {}).items():
+            self.bind_setter(f"optim.{which}.{key}", schedule, param_group_setter(optimizer, key))
+
+    def schedules_learning_rate(self, which: str) -> bool:
+        return "lr" in self._optimizer_schedules.get(which, {})
 
 
 def split_optimizer_schedules(
