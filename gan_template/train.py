@@ -173,7 +173,7 @@ def check_resume(cfg: DictConfig, ckpt_path: str, num_classes: int) -> None:
     """
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
     with torch.device("meta"):
-        expected = build_module(cfg, num_classes).state_dict()
+        expected = build_module(cfg, num_classes=num_classes).state_dict()
     mismatches = shape_mismatches(checkpoint.get("state_dict", {}), expected)
     saved = checkpoint.get("hyper_parameters", {}).get("run_config") or {}
     changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
@@ -211,7 +211,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     if ckpt_path is not None:
         check_resume(cfg, ckpt_path, num_classes)
     check_memory(cfg, num_classes)
-    module = build_module(cfg, num_classes)
+    module = build_module(cfg, num_classes=num_classes)
     check_shapes(module, datamodule)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
