@@ -110,6 +110,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"--out {args.out} is a folder; give a file name such as {args.out / 'samples.pt'}"
         )
+    blocking = next((folder for folder in args.out.parents if folder.is_file()), None)
+    if blocking is not None:
+        parser.error(
+            f"--out {args.out}: {blocking} is a file, not a folder; give a path under a folder"
+        )
     if not 0 <= args.seed < 2**63:
         parser.error(f"--seed {args.seed} must be in [0, 2**63)")
     try:

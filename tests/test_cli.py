@@ -99,6 +99,7 @@ SAMPLE_ERRORS = [
     (["--n", "0"], "argument --n: invalid integer >= 1 value: '0'"),
     (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
     (["--out", "{tmp}"], "is a folder; give a file name such as"),
+    (["--out", "{file}/samples.pt"], "test_cli.py is a file, not a folder"),
     (["--device", "tpu9"], "--device tpu9 cannot be used here"),
     (["--ema", "maybe"], "unrecognized arguments: --ema maybe"),
 ]
@@ -113,7 +114,10 @@ def test_sampling_cli_refuses_bad_arguments_with_a_message(
     from gan_template.sample import main
 
     with pytest.raises(SystemExit) as exited:
-        main(["some.ckpt", *(a.replace("{tmp}", str(tmp_path)) for a in arguments)])
+        main(
+            ["some.ckpt"]
+            + [a.replace("{tmp}", str(tmp_path)).replace("{file}", __file__) for a in arguments]
+        )
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
 

@@ -127,3 +127,13 @@ def test_target_values_are_checked_against_annotations(key, good, bad, message) 
     assert problem.startswith(f"x.{key}=") and message in problem, problem
     # Types the check does not model are left to the callable.
     assert _type_problems("x", OmegaConf.create({"anything": "x"}), annotated) == []
+
+
+def test_the_multinode_trainer_takes_the_cpu_as_the_readme_overrides_it(make_config) -> None:
+    """``trainer=ddp_multinode trainer.accelerator=cpu``: one process per node (devices: auto)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    cfg = make_config("trainer=ddp_multinode", "trainer.accelerator=cpu", "trainer.num_nodes=1")
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    assert isinstance(trainer, L.Trainer) and trainer.num_devices == 1
