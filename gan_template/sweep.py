@@ -6,7 +6,7 @@
 metrics of its ``final_metrics.json``) and prints it.
 
 DDP inside a multirun: Lightning starts the other ranks by re-running the
-command line (``_hydra_subprocess_cmd``), which for ``-m`` starts the whole
+command line (its Hydra-aware subprocess launcher), which for ``-m`` starts the whole
 sweep again in a second sweep folder, and only works because that second
 sweep happens to walk the jobs in the same order. Here every job starts its own
 ranks instead: the job writes its overrides and directory to an environment
