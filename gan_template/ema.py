@@ -93,6 +93,10 @@ class GeneratorEMA(nn.Module):
         batch_norm_samples: generated samples that re-estimate the BatchNorm
             statistics of the copy :meth:`for_sampling` returns; 0 samples with
             the raw generator's statistics (copied at every update).
+        half_life: when set, replaces ``decay`` and ``rampup``: the iterations
+            over which the past's weight in the average halves, so the decay is
+            0.5^(1 / half_life) (0: no averaging). R3GAN schedules it (a cosine
+            from 0 up, in images: ``half_life`` here is those images / batch).
     """
 
     def __init__(
@@ -101,9 +105,13 @@ class GeneratorEMA(nn.Module):
         decay: float | Schedule = 0.999,
         rampup: float | Schedule | None = 0.05,
         batch_norm_samples: int = 2048,
+        half_life: float | Schedule | None = None,
     ) -> None:
         super().__init__()
         check_range("decay", decay, low=0.0, high=1.0, high_inclusive=False)
+        if half_life is not None:
+            check_range("half_life", half_life, low=0.0)
+        self.half_life = half_life
         if rampup is not None:
             check_range("rampup", rampup, low=1e-12)
         if batch_norm_samples < 0:
@@ -132,6 +140,9 @@ class GeneratorEMA(nn.Module):
 
     def decay_at(self, updates: int) -> float:
         """Decay applied after the generator update with 1-based index ``updates``."""
+        if self.half_life is not None:
+            half_life = current(self.half_life)
+            return 0.0 if half_life <= 0.0 else 0.5 ** (1.0 / half_life)
         decay = current(self.decay)
         if self.rampup is None:
             return decay

@@ -39,7 +39,7 @@ from gan_template.ema import GeneratorEMA
 from gan_template.lightning_internals import precision_scaler
 from gan_template.loggers import EpochMeans, as_numbers, log_at_iteration
 from gan_template.losses import AdversarialLoss, NonSaturating, discriminator_statistics
-from gan_template.penalties import Penalty
+from gan_template.penalties import DiscriminatorPass, Penalty
 from gan_template.resume import gather_rng_states, restore_rng_state
 from gan_template.schedule import ScheduledHyperparameters, StepSchedule
 from gan_template.skip import SkipRule
@@ -138,6 +138,8 @@ class GANModule(L.LightningModule):
         self.penalty = penalty
         self.schedule = StepSchedule(n_critic, penalty.interval if penalty is not None else 1)
         self.augment = augment
+        # Adaptive augmentation (augment.AdaptiveAugment) tunes itself from D(real).
+        self._augment_observes = callable(getattr(augment, "observe", None))
         self.updates = Updates(skip or SkipRule(max_consecutive=20), gradient_clip_norm)
 
         # Numbers that change over the run: set at the start of every iteration.
@@ -223,18 +225,29 @@ class GANModule(L.LightningModule):
         """The ``k``-th discriminator update of the iteration.
 
         No parameters need freezing: ``fake`` is detached, so the generator is
-        not in this graph.
+        not in this graph. A penalty due on this update reads the same forward
+        pass (``penalties.DiscriminatorPass``); R1 and R2 differentiate its
+        logits with respect to the images before augmentation.
         """
-        real, fake = self.augmented(real), self.augmented(fake)  # the penalties see them too
-        real_logits = self.discriminate(real, labels)
-        fake_logits = self.discriminate(fake, labels)
+        penalty = self.penalty
+        if penalty is not None and not self.schedule.penalty_due(self.discriminator_updates + k):
+            penalty = None
+        if penalty is not None and penalty.input_gradients:
+            real, fake = real.detach().requires_grad_(True), fake.detach().requires_grad_(True)
+        real_logits = self.judge(real, labels)
+        fake_logits = self.judge(fake, labels)
         loss = self.adversarial_loss.discriminator_loss(real_logits, fake_logits)
         metrics = {"d_loss": loss, **discriminator_statistics(real_logits, fake_logits)}
+        if self._augment_observes:  # adaptive augmentation reads D's verdicts on real images
+            metrics |= self.augment.observe(  # type: ignore[union-attr]
+                real_logits.detach(), self.discriminator_updates + k
+            )
         total = loss
-        if self.penalty is not None and self.schedule.penalty_due(self.discriminator_updates + k):
-            penalty = self.penalty(partial(self.discriminate, labels=labels), real, fake)
-            metrics["d_penalty"] = penalty  # weighted, before the lazy scale
-            total = total + self.schedule.penalty_scale * penalty
+        if penalty is not None:
+            judge = partial(self.judge, labels=labels)
+            value = penalty(DiscriminatorPass(judge, real, fake, real_logits, fake_logits))
+            metrics["d_penalty"] = value  # weighted, before the lazy scale
+            total = total + self.schedule.penalty_scale * value
         metrics["d_grad_norm"] = self.updates.apply(optimizer, total, metrics)
         return {name: value.detach() for name, value in metrics.items()}
 
@@ -248,9 +261,9 @@ class GANModule(L.LightningModule):
         real_logits = None
         if self.adversarial_loss.pairs_real_and_fake:
             with torch.no_grad():
-                real_logits = self.discriminate(self.augmented(real), labels)
+                real_logits = self.judge(real, labels)
         with frozen(self._discriminator_parameters):  # backward computes no D weight gradients
-            fake_logits = self.discriminate(self.augmented(fake), labels)
+            fake_logits = self.judge(fake, labels)
             loss = self.adversarial_loss.generator_loss(fake_logits, real_logits)
             metrics = {"g_loss": loss}
             metrics["g_grad_norm"] = self.updates.apply(optimizer, loss, metrics)
@@ -283,6 +296,10 @@ class GANModule(L.LightningModule):
     def augmented(self, samples: Tensor) -> Tensor:
         """``samples`` as the discriminator sees them: augmented when ``augment`` is set."""
         return samples if self.augment is None else self.augment(samples)
+
+    def judge(self, samples: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The discriminator's logits of ``samples`` as an update sees them (augmented)."""
+        return self.discriminate(self.augmented(samples), labels)
 
     def discriminate(self, samples: Tensor, labels: Tensor | None = None) -> Tensor:
         """The discriminator's logits, with labels when it is conditional."""
@@ -332,7 +349,18 @@ class GANModule(L.LightningModule):
         self._discriminator_parameters = list(self.discriminator.parameters())
         self.updates.prepare(
             optimizers=[opt.optimizer for opt in cast(list[LightningOptimizer], self.optimizers())],
-            buffers=[*self.generator.buffers(), *self.discriminator.buffers()],
+            # Every running state a skipped iteration must leave as it was: BatchNorm
+            # statistics, and those of stateful parts (LeCam's averages, ADA's p).
+            buffers=[
+                *self.generator.buffers(),
+                *self.discriminator.buffers(),
+                *(
+                    buffer
+                    for part in (self.penalty, self.augment, self.adversarial_loss)
+                    if isinstance(part, nn.Module)
+                    for buffer in part.buffers()
+                ),
+            ],
             backward=self.manual_backward,
             wrapped_model=trainer.model,
             world_size=trainer.world_size,

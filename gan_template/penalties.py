@@ -4,14 +4,21 @@ The gradient penalties differentiate the discriminator's output with respect to 
 input with ``create_graph=True`` so the penalty itself can be back-propagated
 into the discriminator's weights. ``conf/penalty/*.yaml`` names the classes at
 the end with ``_target_``; a penalty of your own subclasses :class:`Penalty`.
+
+R1 and R2 reuse the discriminator update's own forward pass (R3GAN's
+``Trainer.py`` does the same): the module makes the images require gradients
+before augmenting and judging them, so the gradient is taken with respect to
+the images *before* augmentation, through it, as in R3GAN and StyleGAN2-ADA,
+and no second forward pass is needed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gan_template.schedule import Schedule, check_range, current
 
@@ -45,6 +52,12 @@ def gradient_penalty(
     return (gradient.norm(2, dim=1) - 1.0).pow(2).mean()
 
 
+def squared_gradient_norm(logits: Tensor, inputs: Tensor) -> Tensor:
+    """E[||d logits / d inputs||_2^2] over the batch, differentiable (``inputs`` must require grad)."""
+    (gradient,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    return gradient.flatten(1).pow(2).sum(dim=1).mean()
+
+
 def r1_penalty(discriminator: Callable[..., Tensor], real: Tensor, *args: Tensor) -> Tensor:
     """R1: E[||grad D(x)||_2^2] on real data (Mescheder et al., 2018).
 
@@ -63,21 +76,58 @@ def r2_penalty(discriminator: Callable[..., Tensor], fake: Tensor, *args: Tensor
     return r1_penalty(discriminator, fake, *args)
 
 
+@dataclass(frozen=True)
+class DiscriminatorPass:
+    """One discriminator update's forward pass, as a penalty reads it.
+
+    Attributes:
+        discriminator: ``x -> logits`` as the update judges images (augmentation
+            and labels included), for penalties that judge images of their own
+            (WGAN-GP's interpolates).
+        real, fake: the images before augmentation. When the penalty's
+            ``input_gradients`` is true they require gradients and the logits
+            below are differentiable with respect to them.
+        real_logits, fake_logits: the update's logits of ``real`` and ``fake``.
+    """
+
+    discriminator: Callable[[Tensor], Tensor]
+    real: Tensor
+    fake: Tensor
+    real_logits: Tensor
+    fake_logits: Tensor
+
+    @classmethod
+    def of(
+        cls, discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor
+    ) -> DiscriminatorPass:
+        """Judge ``real`` and ``fake`` afresh (with input gradients): for calling a penalty directly."""
+        real = real.detach().requires_grad_(True)
+        fake = fake.detach().requires_grad_(True)
+        return cls(discriminator, real, fake, discriminator(real), discriminator(fake))
+
+
 class Penalty:
     """A discriminator regulariser: ``weight`` times its value, every ``interval``-th D update.
 
-    ``penalty(discriminator, real, fake)`` returns the weighted value (a scalar)
-    that the discriminator update adds to its loss; the module multiplies it by
-    ``interval`` on the updates that carry it (lazy regularisation, ``schedule.py``).
-    ``weight`` (and any other number a subclass keeps) may be given as a
-    schedule of the iteration (``gan_template.schedule``): the module sets it
-    to the schedule's value before every iteration. Subclasses implement
-    :meth:`value`; their constructors check their own arguments.
+    ``penalty(outputs)`` takes the update's :class:`DiscriminatorPass` and returns
+    the weighted value (a scalar) that the update adds to its loss; the module
+    multiplies it by ``interval`` on the updates that carry it (lazy
+    regularisation, ``schedule.py``). ``weight`` (and any other number a
+    subclass keeps) may be given as a schedule of the iteration
+    (``gan_template.schedule``): the module sets it to the schedule's value
+    before every iteration. Subclasses implement :meth:`value`; their
+    constructors check their own arguments. A penalty with running state keeps
+    it in tensors of an ``nn.Module`` (see :class:`LeCam`): the module then
+    saves it in checkpoints and restores it when an iteration is skipped.
 
     Args:
         weight: the multiplier (WGAN-GP's lambda; for R1 and R2, gamma / 2).
         interval: apply on every ``interval``-th discriminator update (StyleGAN2: 16).
     """
+
+    #: Whether :meth:`value` differentiates the logits with respect to the images
+    #: (the module then makes them require gradients before its forward pass).
+    input_gradients = False
 
     def __init__(self, weight: float | Schedule = 1.0, interval: int = 1) -> None:
         check_range("weight", weight, low=0.0)
@@ -86,15 +136,17 @@ class Penalty:
         self.weight = weight
         self.interval = interval
 
-    def value(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
+    def value(self, outputs: DiscriminatorPass) -> Tensor:
         """The unweighted penalty."""
         raise NotImplementedError
 
-    def __call__(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
-        return current(self.weight) * self.value(discriminator, real, fake)
+    def __call__(self, outputs: DiscriminatorPass) -> Tensor:
+        return current(self.weight) * self.value(outputs)
 
     def __repr__(self) -> str:
-        arguments = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        arguments = ", ".join(
+            f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "training"
+        )
         return f"{type(self).__name__}({arguments})"
 
 
@@ -104,22 +156,26 @@ class GradientPenalty(Penalty):
     def __init__(self, weight: float | Schedule = 10.0, interval: int = 1) -> None:
         super().__init__(weight, interval)
 
-    def value(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
-        return gradient_penalty(discriminator, real, fake)
+    def value(self, outputs: DiscriminatorPass) -> Tensor:
+        return gradient_penalty(outputs.discriminator, outputs.real, outputs.fake)
 
 
 class R1(Penalty):
     """R1 on real samples; ``weight`` is StyleGAN2's gamma / 2."""
 
-    def value(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
-        return r1_penalty(discriminator, real)
+    input_gradients = True
+
+    def value(self, outputs: DiscriminatorPass) -> Tensor:
+        return squared_gradient_norm(outputs.real_logits, outputs.real)
 
 
 class R2(Penalty):
     """R2 on generated samples; ``weight`` is gamma / 2."""
 
-    def value(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
-        return r2_penalty(discriminator, fake)
+    input_gradients = True
+
+    def value(self, outputs: DiscriminatorPass) -> Tensor:
+        return squared_gradient_norm(outputs.fake_logits, outputs.fake)
 
 
 class R1R2(Penalty):
@@ -130,6 +186,8 @@ class R1R2(Penalty):
         r2_weight: R2's weight; None: the same as ``weight`` (and its schedule).
         interval: as :class:`Penalty`.
     """
+
+    input_gradients = True
 
     def __init__(
         self,
@@ -142,12 +200,62 @@ class R1R2(Penalty):
             check_range("r2_weight", r2_weight, low=0.0)
         self.r2_weight = r2_weight
 
-    def __call__(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
+    def __call__(self, outputs: DiscriminatorPass) -> Tensor:
         weight = current(self.weight)
         r2_weight = weight if self.r2_weight is None else current(self.r2_weight)
-        return weight * r1_penalty(discriminator, real) + r2_weight * r2_penalty(
-            discriminator, fake
+        r1 = squared_gradient_norm(outputs.real_logits, outputs.real)
+        return weight * r1 + r2_weight * squared_gradient_norm(outputs.fake_logits, outputs.fake)
+
+    def value(self, outputs: DiscriminatorPass) -> Tensor:
+        r1 = squared_gradient_norm(outputs.real_logits, outputs.real)
+        return r1 + squared_gradient_norm(outputs.fake_logits, outputs.fake)
+
+
+class LeCam(Penalty, nn.Module):
+    """LeCam regularisation (Tseng et al., CVPR 2021), for training with little data.
+
+    E[relu(D(x) - a_fake)^2] + E[relu(a_real - D(G(z)))^2], where ``a_real`` and
+    ``a_fake`` are exponential moving averages of the discriminator's mean
+    output on real and generated images: it keeps the outputs from drifting
+    apart, which bounds the LeCam divergence the GAN then minimises. The
+    averages are device tensors (no host sync), updated on every discriminator
+    update that carries the penalty, saved in checkpoints and restored when an
+    iteration is skipped; the first update starts them at its own means.
+
+    Args:
+        weight: lambda (Tseng et al.: 0.3 on CIFAR-10 and ImageNet subsets).
+        decay: of the moving averages (0.99 in their code).
+        interval: as :class:`Penalty` (1: every update, as they use it).
+    """
+
+    real_mean: Tensor
+    fake_mean: Tensor
+    updates: Tensor
+
+    def __init__(
+        self, weight: float | Schedule = 0.3, decay: float = 0.99, interval: int = 1
+    ) -> None:
+        nn.Module.__init__(self)
+        Penalty.__init__(self, weight, interval)
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay={decay}: must be in [0, 1)")
+        self.decay = decay
+        self.register_buffer("real_mean", torch.zeros(()))
+        self.register_buffer("fake_mean", torch.zeros(()))
+        self.register_buffer("updates", torch.zeros(()))
+
+    @torch.no_grad()
+    def _track(self, real_logits: Tensor, fake_logits: Tensor) -> None:
+        decay = self.decay * self.updates.clamp(max=1.0)  # 0 on the first update: start there
+        self.real_mean.lerp_(real_logits.float().mean(), 1.0 - decay)
+        self.fake_mean.lerp_(fake_logits.float().mean(), 1.0 - decay)
+        self.updates.add_(1.0)
+
+    def value(self, outputs: DiscriminatorPass) -> Tensor:
+        self._track(outputs.real_logits.detach(), outputs.fake_logits.detach())
+        real, fake = outputs.real_logits, outputs.fake_logits
+        return (real - self.fake_mean).relu().pow(2).mean() + (
+            (self.real_mean - fake).relu().pow(2).mean()
         )
 
-    def value(self, discriminator: Callable[..., Tensor], real: Tensor, fake: Tensor) -> Tensor:
-        return r1_penalty(discriminator, real) + r2_penalty(discriminator, fake)
+    __call__ = Penalty.__call__  # not nn.Module's: a penalty is called with a DiscriminatorPass

@@ -2,9 +2,12 @@
 
     python -m gan_template.sample CKPT [--n 2500] [--out samples.pt] [--seed 0]
                                        [--device cpu] [--no-ema]
+                                       [--interpolation ROWS] [--steps 10]
 
 Writes a float tensor of shape ``(n, *sample_shape)`` to ``--out`` (``torch.load``
-reads it back); for image data also a PNG grid beside it (``FILE.png``).
+reads it back); for image data also a PNG grid beside it (``FILE.png``) and,
+with ``--interpolation ROWS``, ``FILE_interpolation.png``: ROWS rows, each a
+spherical walk of ``--steps`` images between two random latents.
 ``--help`` lists the options; a bad value exits with status 2 and a message.
 """
 
@@ -104,6 +107,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-ema", dest="ema", action="store_false", help="the raw generator, not its EMA"
     )
+    parser.add_argument(
+        "--interpolation",
+        type=positive_int,
+        default=None,
+        metavar="ROWS",
+        help="also write FILE_interpolation.png: ROWS latent walks (image data)",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="images per walk (>= 2)")
     positive_int.__name__ = "integer >= 1"  # argparse names the type in its error message
     args = parser.parse_args(argv)
     if args.out.is_dir():
@@ -115,6 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"--out {args.out}: {blocking} is a file, not a folder; give a path under a folder"
         )
+    if args.steps < 2:
+        parser.error(f"--steps {args.steps} must be >= 2 (a walk has two ends)")
     if not 0 <= args.seed < 2**63:
         parser.error(f"--seed {args.seed} must be in [0, 2**63)")
     try:
@@ -143,6 +156,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         png = out.with_suffix(".png")
         save_image_grid(samples, png)
         written.append(str(png))
+        if args.interpolation:
+            from gan_template.callbacks.sample_grid import save_interpolation
+
+            walks = out.with_name(f"{out.stem}_interpolation.png")
+            save_interpolation(generator, walks, args.interpolation, args.steps, args.seed)
+            written.append(str(walks))
+    elif args.interpolation:
+        print("gan_template.sample: --interpolation draws images; this generator's samples are not")
     print(f"Wrote {len(samples)} samples of shape {tuple(samples.shape[1:])}: {', '.join(written)}")
     return {"samples": samples, "written": written}
 

@@ -35,6 +35,26 @@ def test_default_run_writes_a_sample_grid_of_the_right_size(default_run: dict) -
     assert Image.open(grid).size == (10 * 18 + 2, 10 * 18 + 2)
     assert (Path(default_run["run_dir"]) / "samples" / "grid_iter0001500.png").is_file()
     assert (Path(default_run["run_dir"]) / "final_metrics.json").is_file()
+    # The end of the run also walks the latent space: 8 rows of 10 steps.
+    walks = Path(default_run["run_dir"]) / "samples" / "interpolation.png"
+    assert Image.open(walks).size == (10 * 18 + 2, 8 * 18 + 2)
+
+
+def test_sampling_cli_writes_latent_walks_from_a_checkpoint(
+    default_run: dict, tmp_path: Path
+) -> None:
+    from gan_template.sample import main
+
+    ckpt = Path(default_run["run_dir"]) / "checkpoints" / "last.ckpt"
+    out = tmp_path / "s.pt"
+    written = main(
+        [str(ckpt), "--n", "16", "--out", str(out), "--interpolation", "3", "--steps", "5"]
+    )
+    walks = tmp_path / "s_interpolation.png"
+    assert str(walks) in written["written"]
+    assert Image.open(walks).size == (5 * 18 + 2, 3 * 18 + 2)
+    pixels = torch.tensor(list(Image.open(walks).convert("L").getdata()), dtype=torch.float32)
+    assert pixels.std() > 10  # images, not a blank page
 
 
 class _Collapsed(torch.nn.Module):
@@ -79,6 +99,9 @@ def test_trained_generator_beats_untrained_and_collapsed_on_every_metric(default
         assert scores["trained"]["kid_mean"] < scores[worse]["kid_mean"], scores
         assert scores["trained"]["classes_covered"] > scores[worse]["classes_covered"], scores
         assert scores["trained"]["class_kl"] < scores[worse]["class_kl"], scores
+    # One image repeated: it may look real (precision), but it covers nothing of the data.
+    assert scores["collapsed"]["recall"] < 0.05 and scores["collapsed"]["coverage"] < 0.05, scores
+    assert scores["trained"]["recall"] > 0.3 and scores["trained"]["coverage"] > 0.3, scores
     assert scores["trained"]["classes_covered"] >= 8, scores
 
 

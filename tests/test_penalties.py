@@ -9,7 +9,9 @@ from gan_template.penalties import (
     R1,
     R1R2,
     R2,
+    DiscriminatorPass,
     GradientPenalty,
+    LeCam,
     gradient_penalty,
     r1_penalty,
     r2_penalty,
@@ -55,8 +57,57 @@ def test_r2_penalises_generated_samples_and_combines_with_r1() -> None:
     fake = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # mean ||x||^2 = 1
     assert r2_penalty(critic, fake).item() == pytest.approx(1.0)
     # The objects return the weighted value; R1 and R2 have weights of their own.
-    assert R2(weight=3.0)(critic, real, fake).item() == pytest.approx(3.0 * 1.0)
-    assert R1(weight=0.5)(critic, real, fake).item() == pytest.approx(0.5 * 7.0)
-    assert R1R2(weight=2.0)(critic, real, fake).item() == pytest.approx(2.0 * (7.0 + 1.0))
-    both = R1R2(weight=2.0, r2_weight=10.0)(critic, real, fake)
+    outputs = DiscriminatorPass.of(critic, real, fake)
+    assert R2(weight=3.0)(outputs).item() == pytest.approx(3.0 * 1.0)
+    assert R1(weight=0.5)(outputs).item() == pytest.approx(0.5 * 7.0)
+    assert R1R2(weight=2.0)(outputs).item() == pytest.approx(2.0 * (7.0 + 1.0))
+    both = R1R2(weight=2.0, r2_weight=10.0)(outputs)
     assert both.item() == pytest.approx(2.0 * 7.0 + 10.0 * 1.0)
+
+
+def test_r1_reuses_the_update_forward_pass_through_the_augmentation() -> None:
+    """The gradient is taken w.r.t. the images before augmentation, from the update's own logits."""
+    calls = []
+
+    def critic(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return 0.5 * x.pow(2).sum(dim=1)
+
+    def judge(x: torch.Tensor) -> torch.Tensor:  # an "augmentation" that doubles the images
+        return critic(2 * x)
+
+    real = torch.tensor([[1.0, 2.0], [0.0, 3.0]]).requires_grad_(True)
+    fake = torch.zeros(2, 2, requires_grad=True)
+    outputs = DiscriminatorPass(judge, real, fake, judge(real), judge(fake))
+    # d/dx 0.5 ||2x||^2 = 4x: E||4x||^2 = 16 * 7.
+    assert R1(weight=1.0)(outputs).item() == pytest.approx(16 * 7.0)
+    assert calls == [2, 2], "no second forward pass"
+
+
+def test_lecam_pulls_outputs_towards_the_other_side_average() -> None:
+    lecam = LeCam(weight=0.5, decay=0.9)
+
+    def judged(real_logits: list[float], fake_logits: list[float]) -> DiscriminatorPass:
+        real_t = torch.tensor(real_logits, requires_grad=True)
+        fake_t = torch.tensor(fake_logits, requires_grad=True)
+        return DiscriminatorPass(lambda x: x, real_t, fake_t, real_t, fake_t)
+
+    # First update: the averages start at this batch's means (real 2, fake -1).
+    first = judged([1.0, 3.0], [-1.0, -1.0])
+    value = lecam(first)
+    # relu(D(x) - a_fake)^2: (1+1)^2, (3+1)^2 -> mean 10; relu(a_real - D(G(z)))^2: 3^2 -> 9.
+    assert value.item() == pytest.approx(0.5 * (10.0 + 9.0))
+    assert lecam.real_mean.item() == pytest.approx(2.0)
+    assert lecam.fake_mean.item() == pytest.approx(-1.0)
+    value.backward()
+    assert first.real_logits.grad is not None  # it trains the discriminator's outputs
+    # Later updates move the averages by 1 - decay.
+    lecam(judged([12.0, 12.0], [9.0, 9.0]))
+    assert lecam.real_mean.item() == pytest.approx(0.9 * 2.0 + 0.1 * 12.0)
+    assert lecam.fake_mean.item() == pytest.approx(0.9 * -1.0 + 0.1 * 9.0, abs=1e-6)
+    # The averages are state: saved and loaded with the module's state dict.
+    restored = LeCam()
+    restored.load_state_dict(lecam.state_dict())
+    assert restored.real_mean.item() == pytest.approx(lecam.real_mean.item())
+    with pytest.raises(ValueError, match=r"decay=1.0: must be in \[0, 1\)"):
+        LeCam(decay=1.0)

@@ -11,7 +11,18 @@ from torchvision.utils import make_grid, save_image
 from gan_template import models
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.loggers import log_image
-from gan_template.module import GANModule
+from gan_template.module import GANModule, as_gan_module
+
+
+def save_interpolation(
+    generator: torch.nn.Module, path: Path, rows: int = 8, steps: int = 10, seed: int = 0
+) -> Path:
+    """A PNG of ``rows`` latent walks (``models.latent_walks``), one per row, images in [-1, 1]."""
+    noise, labels = models.latent_walks(generator, rows, steps, seed)
+    images = models.generate(generator, noise, labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=steps, normalize=True, value_range=(-1.0, 1.0), pad_value=1.0)
+    return path
 
 
 class SampleGrid(EveryNIterations):
@@ -23,18 +34,48 @@ class SampleGrid(EveryNIterations):
 
     Files: ``<run dir>/samples/grid_iterNNNNNNN.png`` and ``grid_last.png``; the
     grid also goes to the loggers that show pictures (TensorBoard, W&B, MLflow).
+    At the end of the run also ``interpolation.png``: ``interpolation_rows``
+    rows, each a spherical walk of ``interpolation_steps`` images between two
+    random latents (``models.latent_walks``; 0 rows: none).
     """
 
     def __init__(
-        self, every_n_iterations: int = 500, rows: int = 10, columns: int = 10, seed: int = 4321
+        self,
+        every_n_iterations: int = 500,
+        rows: int = 10,
+        columns: int = 10,
+        seed: int = 4321,
+        interpolation_rows: int = 8,
+        interpolation_steps: int = 10,
     ) -> None:
         super().__init__(every_n_iterations)
+        if interpolation_rows < 0 or interpolation_steps < 2:
+            raise ValueError(
+                f"interpolation_rows={interpolation_rows}, interpolation_steps="
+                f"{interpolation_steps}: need rows >= 0 (0: none) and steps >= 2"
+            )
         self.rows = rows
         self.columns = columns
         self.seed = seed
+        self.interpolation_rows = interpolation_rows
+        self.interpolation_steps = interpolation_steps
 
     def run(self, trainer: L.Trainer, pl_module: GANModule) -> None:
         self.render(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.interpolation_rows and trainer.is_global_zero:
+            module = as_gan_module(pl_module)
+            path = Path(trainer.default_root_dir) / "samples" / "interpolation.png"
+            save_interpolation(
+                module.sampling_generator,
+                path,
+                self.interpolation_rows,
+                self.interpolation_steps,
+                self.seed,
+            )
+            log_image(trainer.loggers, "interpolation", path, module.iteration)
 
     def render(self, trainer: L.Trainer, pl_module: GANModule) -> Path | None:
         if not trainer.is_global_zero:

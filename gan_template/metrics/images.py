@@ -1,7 +1,9 @@
-"""Image quality: FID and KID through torchmetrics, and class coverage.
+"""Image quality: FID and KID through torchmetrics, precision/recall/density/coverage, class coverage.
 
 FID/KID compare feature statistics of real and generated images in a feature
-extractor's space (Inception-v3, or the offline classifier of ``classifier.py``).
+extractor's space (Inception-v3, or the offline classifier of ``classifier.py``);
+precision, recall, density and coverage (``prdc.py``) use the same features and
+tell fidelity from diversity.
 
 Class coverage is the image analogue of the toy mode coverage: the classifier
 labels each generated image; an image is *confident* when its top softmax
@@ -54,11 +56,22 @@ def class_coverage(
 
 
 def fid_kid(
-    extractor: nn.Module, real: Tensor, fake: Tensor, kid_subset_size: int = 500
+    extractor: nn.Module,
+    real: Tensor,
+    fake: Tensor,
+    kid_subset_size: int = 500,
+    precision_recall_k: int = 3,
+    density_coverage_k: int = 5,
 ) -> dict[str, float]:
-    """FID and KID (mean, std) between two sets of images in [-1, 1], in ``extractor``'s feature space."""
+    """FID, KID (mean, std), precision, recall, density and coverage of two sets of images in [-1, 1].
+
+    All in ``extractor``'s feature space. Each metric runs the extractor itself
+    (torchmetrics' FID and KID take the network, not features).
+    """
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
+
+    from gan_template.metrics.prdc import PrecisionRecallDensityCoverage
 
     subset = min(kid_subset_size, len(real), len(fake))
     fid = FrechetInceptionDistance(feature=extractor, normalize=True)
@@ -66,9 +79,16 @@ def fid_kid(
         # KID keeps all features in memory, which is the point: a few thousand at most here.
         warnings.filterwarnings("ignore", message=".*will save all extracted features")
         kid = KernelInceptionDistance(feature=extractor, normalize=True, subset_size=subset)
+    prdc = PrecisionRecallDensityCoverage(extractor, precision_recall_k, density_coverage_k)
     for images, is_real in ((real, True), (fake, False)):
         for chunk in to_unit_range(images).split(500):
             fid.update(chunk, real=is_real)
             kid.update(chunk, real=is_real)
+            prdc.update(chunk, real=is_real)
     kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+    return {
+        "fid": float(fid.compute()),
+        "kid_mean": float(kid_mean),
+        "kid_std": float(kid_std),
+        **prdc.compute(),
+    }
