@@ -375,11 +375,9 @@ def _type_problems(key: str, node: DictConfig, factory: Any) -> list[str]:
             continue
         if isinstance(child, DictConfig) and "_target_" in child:
             continue  # an object built by its own _target_, checked on its own
-        value = (
-            OmegaConf.to_object(child)
-            if isinstance(child, (DictConfig, ListConfig))
-            else node[name]
-        )
+        value = node[name]  # resolved: an interpolation may stand for a list
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_object(value)
         if not _matches(value, hints[name]):
             problems.append(f"{key}.{name}={value!r}: must be {_describe(hints[name])}")
     return problems

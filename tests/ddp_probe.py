@@ -47,6 +47,10 @@ class RankReport(Callback):
             "skip_counts": dict(pl_module.skip_rule.counts),
             "weights_sha256": digest.hexdigest(),
             "weights_finite": finite,
+            # Adaptive augmentation's probability, where there is one (ranks must agree).
+            "augment_p": float(p)
+            if (p := getattr(pl_module.augment, "p", None)) is not None
+            else None,
         }
         path = Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.json"
         path.write_text(json.dumps(report))

@@ -6,13 +6,20 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+import torch
 from conftest import CONFIG_DIR
 from helpers import run
 from omegaconf import OmegaConf
 
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONFIG_DIR / group).glob("*.yaml"))]
-EXPERIMENTS = [p.stem for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))]
+#: R3GAN's own configurations: GPU-sized networks on data that is not embedded.
+GPU_EXPERIMENTS = {"r3gan_cifar10": (3, 32, 10), "r3gan_ffhq64": (3, 64, 0)}
+EXPERIMENTS = [
+    p.stem
+    for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))
+    if p.stem not in GPU_EXPERIMENTS
+]
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -42,6 +49,36 @@ def test_every_experiment_trains_a_few_iterations(make_config, experiment: str) 
     run_dir = Path(cfg.paths.run_dir)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("experiment", sorted(GPU_EXPERIMENTS))
+def test_gpu_sized_experiments_build_their_networks(make_config, experiment: str) -> None:
+    """Composed, validated, and the networks built (shapes only, on the meta device)."""
+    from gan_template.train import build_network
+
+    channels, resolution, classes = GPU_EXPERIMENTS[experiment]
+    cfg = make_config(f"experiment={experiment}", "data.root=/some/images", fast=False)
+    OmegaConf.resolve(cfg)
+    with torch.device("meta"):
+        g = build_network(cfg, "generator", classes)
+        d = build_network(cfg, "discriminator", classes)
+        labels = torch.zeros(2, dtype=torch.long) if classes else None
+        images = g(torch.randn(2, cfg.model.generator.latent_dim), labels)
+        assert images.shape == (2, channels, resolution, resolution)
+        assert d(images, labels).shape == (2,)
+    size = sum(p.numel() for p in [*g.parameters(), *d.parameters()])
+    assert size > 20_000_000, size  # R3GAN's scale, not the digits'
+
+
+def test_per_stage_lists_pass_the_type_check_through_interpolations(make_config) -> None:
+    """model.discriminator.widths is ${model.generator.widths}: a list once resolved."""
+    from gan_template.config import validate
+
+    cfg = make_config("experiment=r3gan", "model.generator.widths=[32,32,16]", fast=False)
+    validate(cfg)  # no "must be an integer or a list of integers"
+    bad = make_config("experiment=r3gan", "model.generator.widths=[32,wide,16]", fast=False)
+    with pytest.raises(Exception, match="widths=.*must be an integer or a list of integers"):
+        validate(bad)
 
 
 def test_every_yaml_file_starts_with_a_comment_saying_what_it_configures() -> None:

@@ -14,13 +14,15 @@ from conftest import REPO_ROOT
 pytestmark = pytest.mark.ddp
 
 
-def run_ddp(run_dir: Path, *overrides: str, timeout: float = 240) -> list[dict]:
+def run_ddp(
+    run_dir: Path, *overrides: str, timeout: float = 240, experiment: str = "ring"
+) -> list[dict]:
     env = {
         **os.environ,
         "PYTHONPATH": f"{REPO_ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
     command = [
-        sys.executable, "-m", "gan_template", "trainer=ddp_cpu", "experiment=ring", "trainer.enable_progress_bar=false",
+        sys.executable, "-m", "gan_template", "trainer=ddp_cpu", f"experiment={experiment}", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1", "+callbacks.rank_report._target_=ddp_probe.RankReport", "extra_target_prefixes=[ddp_probe.]",
         f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
@@ -43,6 +45,27 @@ def test_two_ranks_train_without_find_unused_parameters_and_stay_identical(tmp_p
     assert [r["world_size"] for r in reports] == [2, 2]
     assert [r["iteration"] for r in reports] == [12, 12]
     assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+
+
+def test_r3gan_with_adaptive_augmentation_trains_on_two_ranks_alike(tmp_path: Path) -> None:
+    """R3GAN's networks need no find_unused_parameters; ADA's p is summed over ranks."""
+    reports = run_ddp(
+        tmp_path / "run",
+        "train.iterations=6",
+        "model.generator.widths=8",
+        "model.generator.cardinality=2",
+        "callbacks=default",
+        "augment=adaptive",
+        "augment.interval=2",
+        "augment.speed_images=500",
+        "augment.initial=0.5",  # so that it can move either way
+        "data.batch_size=16",
+        experiment="r3gan",
+    )
+    assert [r["iteration"] for r in reports] == [6, 6]
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+    assert reports[0]["augment_p"] == reports[1]["augment_p"]
+    assert reports[0]["augment_p"] != 0.5  # it moved (3 adjustments of 64 / 500)
 
 
 def test_a_nonfinite_loss_on_rank_1_only_is_skipped_by_both_ranks(tmp_path: Path) -> None:
