@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan_template.running_state import Float32Buffers
 from gan_template.schedule import Schedule, check_range, current
 
 
@@ -144,7 +145,7 @@ class DiffAugment:
         return f"{type(self).__name__}(policy={','.join(self.policy)!r})"
 
 
-class AdaptiveAugment(DiffAugment, nn.Module):
+class AdaptiveAugment(DiffAugment, Float32Buffers):
     """DiffAugment whose probability ADA's heuristic tunes (Karras et al., 2020, section 3).
 
     The module hands it the discriminator's logits of every real batch
@@ -157,8 +158,8 @@ class AdaptiveAugment(DiffAugment, nn.Module):
 
     ``p`` and the running sums are device tensors (no host sync), summed over
     ranks under DDP so every rank augments alike, saved in checkpoints (exact
-    resume) and restored when an iteration is skipped. ``p`` is logged as
-    ``train/augment_p``.
+    resume) and restored when an iteration is skipped; they stay float32 under
+    ``bf16-true`` (``running_state.py``). ``p`` is logged as ``train/augment_p``.
 
     Args:
         policy, translation_ratio, cutout_ratio: as :class:`DiffAugment`.

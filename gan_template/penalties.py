@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gan_template.running_state import Float32Buffers
 from gan_template.schedule import Schedule, check_range, current
 
 
@@ -211,7 +212,7 @@ class R1R2(Penalty):
         return r1 + squared_gradient_norm(outputs.fake_logits, outputs.fake)
 
 
-class LeCam(Penalty, nn.Module):
+class LeCam(Penalty, Float32Buffers):
     """LeCam regularisation (Tseng et al., CVPR 2021), for training with little data.
 
     E[relu(D(x) - a_fake)^2] + E[relu(a_real - D(G(z)))^2], where ``a_real`` and

@@ -73,11 +73,12 @@ def test_gpu_sized_experiments_build_their_networks(make_config, experiment: str
 def test_per_stage_lists_pass_the_type_check_through_interpolations(make_config) -> None:
     """model.discriminator.widths is ${model.generator.widths}: a list once resolved."""
     from gan_template.config import validate
+    from gan_template.errors import ConfigError
 
     cfg = make_config("experiment=r3gan", "model.generator.widths=[32,32,16]", fast=False)
     validate(cfg)  # no "must be an integer or a list of integers"
     bad = make_config("experiment=r3gan", "model.generator.widths=[32,wide,16]", fast=False)
-    with pytest.raises(Exception, match="widths=.*must be an integer or a list of integers"):
+    with pytest.raises(ConfigError, match=r"widths=.*must be an integer or a list of integers"):
         validate(bad)
 
 

@@ -106,7 +106,8 @@ def test_lecam_pulls_outputs_towards_the_other_side_average() -> None:
     assert lecam.real_mean.item() == pytest.approx(0.9 * 2.0 + 0.1 * 12.0)
     assert lecam.fake_mean.item() == pytest.approx(0.9 * -1.0 + 0.1 * 9.0, abs=1e-6)
     # The averages are state: saved and loaded with the module's state dict.
-    restored = LeCam()
+    restored = LeCam().to(torch.float16)  # a true-half run casts the module, not this state
+    assert restored.real_mean.dtype == torch.float32
     restored.load_state_dict(lecam.state_dict())
     assert restored.real_mean.item() == pytest.approx(lecam.real_mean.item())
     with pytest.raises(ValueError, match=r"decay=1.0: must be in \[0, 1\)"):

@@ -188,6 +188,8 @@ def test_adaptive_augmentation_follows_the_discriminator_overfitting() -> None:
     assert restored.p.item() == pytest.approx(0.35) and torch.equal(restored.signs, ada.signs)
     images = torch.randn(8, 1, 8, 8)
     assert restored(images).shape == images.shape
+    # bf16-true casts the module: p must still move by steps far below bfloat16's spacing.
+    assert restored.to(torch.bfloat16).p.dtype == torch.float32
     with pytest.raises(ValueError, match=r"target=1\.0: must be in"):
         AdaptiveAugment(target=1.0)
 
@@ -208,3 +210,21 @@ def test_identity_blocks_make_the_initial_generator_a_linear_map_of_z() -> None:
     z = torch.randn(3, 8)
     assert torch.allclose(g(2 * z), 2 * g(z), atol=1e-5)
     assert F.mse_loss(g(z), g(-z), reduction="sum") > 0
+
+
+def test_torch_compile_captures_both_networks_whole_but_not_a_double_backward() -> None:
+    """fullgraph: no graph breaks. R1/R2 differentiate twice, which compiled graphs refuse
+    (torch 2.x): so the module compiles the discriminator only without a penalty."""
+    torch.manual_seed(0)
+    g = R3GANGenerator(latent_dim=8, channels=1, resolution=16, **SMALL)
+    d = R3GANDiscriminator(channels=1, resolution=16, **SMALL)
+    compiled_g = torch.compile(g, backend="aot_eager", fullgraph=True)
+    compiled_d = torch.compile(d, backend="aot_eager", fullgraph=True)
+    z = torch.randn(4, 8)
+    torch.testing.assert_close(compiled_d(compiled_g(z)), d(g(z)))
+    compiled_d(compiled_g(z)).sum().backward()
+    assert all(p.grad is not None for p in g.parameters())
+    x = torch.randn(4, 1, 16, 16, requires_grad=True)
+    with pytest.raises(RuntimeError, match="create_graph=False"):
+        (gradient,) = torch.autograd.grad(compiled_d(x).sum(), x, create_graph=True)
+        gradient.pow(2).sum().backward()
