@@ -61,15 +61,15 @@ def recompute_batch_norm(
         m.momentum = None  # a cumulative average over the batches below
     was_training = generator.training
     generator.train()
-    device = next(generator.parameters()).device
+    weight = next(generator.parameters())
     rng = torch.Generator().manual_seed(seed)
     latent, classes = models.latent_dim(generator), models.num_classes(generator)
     try:
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
-            z = torch.randn(n, latent, generator=rng).to(device)
+            z = torch.randn(n, latent, generator=rng).to(weight.device, weight.dtype)
             if classes:
-                generator(z, torch.randint(classes, (n,), generator=rng).to(device))
+                generator(z, torch.randint(classes, (n,), generator=rng).to(weight.device))
             else:
                 generator(z)
     finally:

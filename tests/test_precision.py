@@ -80,3 +80,25 @@ def test_fp16_overflow_is_skipped_and_counted_and_the_scaler_recovers(make_confi
     assert all(torch.isfinite(p).all() for p in module.parameters())
     scaler = module.trainer.precision_plugin.scaler
     assert scaler.get_scale() < 1.0e30  # lowered after each overflow
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_true_precisions_train_and_evaluate_in_the_module_dtype(
+    make_config, precision: str
+) -> None:
+    """The module, the noise and the evaluations' samples all follow ``trainer.precision``."""
+    cfg = make_config(
+        "experiment=dcgan",
+        f"trainer.precision={precision}",
+        "train.iterations=3",
+        "callbacks.image_eval.num_samples=128",
+        "augment=adaptive",  # its state stays float32 whatever the module's dtype
+    )
+    result = run(cfg)
+    module = result["module"]
+    dtype = {"bf16-true": torch.bfloat16, "64-true": torch.float64}[precision]
+    assert result["iteration"] == 3
+    assert next(module.generator.parameters()).dtype == dtype
+    assert module.augment.p.dtype == torch.float32
+    assert module.skip_rule.total == 0
+    assert {"image/fid", "image/recall"} <= result["final_metrics"].keys()

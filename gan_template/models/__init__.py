@@ -48,15 +48,17 @@ def generate(
 
     The network's train/eval mode is restored afterwards. Samplers (grids,
     metrics, ``gan_template.sample``) draw ``noise`` from their own seeded
-    ``torch.Generator`` so that repeated evaluations are comparable.
+    ``torch.Generator`` so that repeated evaluations are comparable; it is cast
+    to the network's dtype (``trainer.precision=bf16-true``, ``64-true``, ...).
     """
-    device = next(generator.parameters()).device
+    weight = next(generator.parameters())
+    device, dtype = weight.device, weight.dtype
     was_training = generator.training
     generator.eval()
     try:
         chunks = []
         for start in range(0, len(noise), chunk_size):
-            z = noise[start : start + chunk_size].to(device)
+            z = noise[start : start + chunk_size].to(device, dtype)
             if labels is None:
                 chunks.append(generator(z).float().cpu())
             else:
