@@ -349,18 +349,7 @@ class GANModule(L.LightningModule):
         self._discriminator_parameters = list(self.discriminator.parameters())
         self.updates.prepare(
             optimizers=[opt.optimizer for opt in cast(list[LightningOptimizer], self.optimizers())],
-            # Every running state a skipped iteration must leave as it was: BatchNorm
-            # statistics, and those of stateful parts (LeCam's averages, ADA's p).
-            buffers=[
-                *self.generator.buffers(),
-                *self.discriminator.buffers(),
-                *(
-                    buffer
-                    for part in (self.penalty, self.augment, self.adversarial_loss)
-                    if isinstance(part, nn.Module)
-                    for buffer in part.buffers()
-                ),
-            ],
+            buffers=self._running_state(),
             backward=self.manual_backward,
             wrapped_model=trainer.model,
             world_size=trainer.world_size,
@@ -371,6 +360,26 @@ class GANModule(L.LightningModule):
             self._apply_configured_learning_rates()
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
             trainer.should_stop = True
+
+    def _running_state(self) -> list[Tensor]:
+        """The buffers a skipped iteration must leave as they were (saved before every iteration).
+
+        BatchNorm statistics, and the state of stateful parts (LeCam's averages,
+        ADA's p); not constants such as R3GAN's resampling filters, which are
+        non-persistent buffers (they are in no state dict).
+        """
+        parts = [self.generator, self.discriminator]
+        parts += [
+            part
+            for part in (self.penalty, self.augment, self.adversarial_loss)
+            if isinstance(part, nn.Module)
+        ]
+        return [
+            tensor
+            for part in parts
+            for tensor in part.state_dict(keep_vars=True).values()
+            if not isinstance(tensor, nn.Parameter) and torch.is_tensor(tensor)
+        ]
 
     def _apply_configured_learning_rates(self) -> None:
         """After a resume, use the configured learning rates, not the checkpoint's.
