@@ -15,7 +15,12 @@ from gan_template.checkpoint_io import CheckpointWriteError, DamagedCheckpointEr
 from gan_template.config import register_schema
 from gan_template.errors import ConfigError, DataError, UserInputError
 from gan_template.skip import TooManySkips
-from gan_template.sweep import become_the_parent_job, objective, ranks_run_this_job
+from gan_template.sweep import (
+    become_the_parent_job,
+    objective,
+    ranks_run_this_job,
+    write_summary,
+)
 
 #: conf/ at the repository root, found from this file so any working directory works.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -51,6 +56,8 @@ def main(cfg: DictConfig) -> float | None:
     except (UserInputError, TooManySkips, CheckpointWriteError) as error:
         # The message says what happened and what to do; a traceback would bury it.
         print(f"gan_template: error: {error}", file=sys.stderr, flush=True)
+        if hydra_config.mode == RunMode.MULTIRUN:  # the sweep stops here: summarise it first
+            write_summary(Path(hydra_config.sweep.dir))
         raise SystemExit(exit_status(error)) from None
 
 

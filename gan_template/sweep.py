@@ -99,17 +99,26 @@ class SweepSummary(Callback):
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows = summarize(sweep_dir)
-        if not rows:
-            return
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        with open(sweep_dir / "summary.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        varying = [c for c in columns if len({str(row.get(c)) for row in rows}) > 1 or c == "job"]
-        log.info(f"Sweep summary ({sweep_dir / 'summary.csv'}):\n{as_table(rows, varying)}")
+        write_summary(Path(config.hydra.sweep.dir))
+
+
+def write_summary(sweep_dir: Path) -> None:
+    """``<sweep dir>/summary.csv`` of the jobs so far, and the printed table.
+
+    Called at the end of a multirun, and by a job that stops the sweep (a
+    refused config exits the process, so Hydra's end of multirun never comes):
+    its row then says ``failed or unfinished``.
+    """
+    rows = summarize(sweep_dir)
+    if not rows:
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(sweep_dir / "summary.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    varying = [c for c in columns if len({str(row.get(c)) for row in rows}) > 1 or c == "job"]
+    log.info(f"Sweep summary ({sweep_dir / 'summary.csv'}):\n{as_table(rows, varying)}")
 
 
 def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
