@@ -33,15 +33,26 @@ log = logging.getLogger(__name__)
 
 
 def build_network(cfg: DictConfig, which: str, num_classes: int = 0) -> nn.Module:
-    """``model.generator`` or ``model.discriminator``; class-conditional when ``model.conditional``."""
-    if not cfg.model.get("conditional", False):
-        return instantiate(cfg.model[which])
-    if num_classes < 1:
+    """``model.generator`` or ``model.discriminator``; class-conditional when ``model.conditional``.
+
+    A constructor's ``ValueError`` (sizes that do not fit together, such as a
+    cardinality that does not divide a width) is a setting to fix: it is
+    reported as a config error naming ``model.<which>``, not as Hydra's traceback.
+    """
+    conditional = cfg.model.get("conditional", False)
+    if conditional and num_classes < 1:
         raise ConfigError(
             f"model.conditional=true needs labelled data, but data.name={cfg.data.get('name')} "
             "has no class labels; set model.conditional=false"
         )
-    return instantiate(cfg.model[which], num_classes=num_classes)
+    try:
+        if not conditional:
+            return instantiate(cfg.model[which])
+        return instantiate(cfg.model[which], num_classes=num_classes)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ValueError):
+            raise ConfigError(f"model.{which}: {error.__cause__}") from None
+        raise
 
 
 def checked_instantiate(node: DictConfig) -> Any:

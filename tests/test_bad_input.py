@@ -95,6 +95,11 @@ CASES = [
     (["data.resolution=2048"], 2, "the networks are too large for this machine: 2,880 M generator"),
     (["data.channels=2"], 2, "data.channels=2: must be 1 (grey) or 3 (RGB)"),
     (
+        ["experiment=r3gan", "model.generator.cardinality=3"],  # sizes checked by the network
+        2,
+        "model.generator: cardinality=3 does not divide the inner width 64",
+    ),
+    (
         ["+model.generator.widht=8"],
         2,
         "model.generator.widht: not a parameter of gan_template.models.dcgan",
