@@ -150,8 +150,9 @@ class AdaptiveAugment(DiffAugment, Float32Buffers):
 
     The module hands it the discriminator's logits of every real batch
     (:meth:`observe`). Over each ``interval`` discriminator updates it averages
-    r_t = E[sign(D(x_real))], the fraction of real images the discriminator is
-    sure of, a measure of its overfitting; then ``p`` moves by
+    r_t = E[sign(D(x_real))], in [-1, 1]: how many more real images the
+    discriminator calls real than fake, a measure of its overfitting (1: it
+    calls every one real); then ``p`` moves by
     ``sign(r_t - target) * images / speed_images`` (the images seen in the
     interval: ``p`` can go from 0 to 1 in ``speed_images`` images) and stays
     >= 0, as in stylegan2-ada's ``training_loop.py``.
