@@ -145,7 +145,7 @@ class DiffAugment:
         return f"{type(self).__name__}(policy={','.join(self.policy)!r})"
 
 
-class AdaptiveAugment(DiffAugment, Float32Buffers):
+class AdaptiveAugment(DiffAugment, Float32Buffers):  # DiffAugment first: its __call__
     """DiffAugment whose probability ADA's heuristic tunes (Karras et al., 2020, section 3).
 
     The module hands it the discriminator's logits of every real batch
@@ -219,6 +219,3 @@ class AdaptiveAugment(DiffAugment, Float32Buffers):
             self.p.add_(step).clamp_(min=0.0)
             self.signs.zero_()
         return {"augment_p": self.p.clone()}
-
-    def __call__(self, images: Tensor) -> Tensor:  # DiffAugment's, not nn.Module's
-        return DiffAugment.__call__(self, images)

@@ -212,7 +212,7 @@ class R1R2(Penalty):
         return r1 + squared_gradient_norm(outputs.fake_logits, outputs.fake)
 
 
-class LeCam(Penalty, Float32Buffers):
+class LeCam(Penalty, Float32Buffers):  # Penalty first: its __call__, not nn.Module's
     """LeCam regularisation (Tseng et al., CVPR 2021), for training with little data.
 
     E[relu(D(x) - a_fake)^2] + E[relu(a_real - D(G(z)))^2], where ``a_real`` and
@@ -258,5 +258,3 @@ class LeCam(Penalty, Float32Buffers):
         return (real - self.fake_mean).relu().pow(2).mean() + (
             (self.real_mean - fake).relu().pow(2).mean()
         )
-
-    __call__ = Penalty.__call__  # not nn.Module's: a penalty is called with a DiscriminatorPass
