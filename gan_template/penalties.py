@@ -201,15 +201,23 @@ class R1R2(Penalty):
             check_range("r2_weight", r2_weight, low=0.0)
         self.r2_weight = r2_weight
 
+    @staticmethod
+    def terms(outputs: DiscriminatorPass) -> tuple[Tensor, Tensor]:
+        """R1 and R2, unweighted."""
+        return (
+            squared_gradient_norm(outputs.real_logits, outputs.real),
+            squared_gradient_norm(outputs.fake_logits, outputs.fake),
+        )
+
     def __call__(self, outputs: DiscriminatorPass) -> Tensor:
         weight = current(self.weight)
         r2_weight = weight if self.r2_weight is None else current(self.r2_weight)
-        r1 = squared_gradient_norm(outputs.real_logits, outputs.real)
-        return weight * r1 + r2_weight * squared_gradient_norm(outputs.fake_logits, outputs.fake)
+        r1, r2 = self.terms(outputs)
+        return weight * r1 + r2_weight * r2
 
     def value(self, outputs: DiscriminatorPass) -> Tensor:
-        r1 = squared_gradient_norm(outputs.real_logits, outputs.real)
-        return r1 + squared_gradient_norm(outputs.fake_logits, outputs.fake)
+        r1, r2 = self.terms(outputs)
+        return r1 + r2
 
 
 class LeCam(Penalty, Float32Buffers):  # Penalty first: its __call__, not nn.Module's
