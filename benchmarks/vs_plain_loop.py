@@ -546,10 +546,11 @@ def main() -> None:
         f"repeats={args.repeats} overrides={args.overrides}"
     )
     per_iteration = results["plain"][0]["samples_per_iteration"]
-    print(f"{'':<10} {'ms / iteration':>15} {'samples / s':>12} {'peak MiB':>10} {'time / plain':>13} {'memory / plain':>15} {'syncs / it':>11} {'(mean)':>7}")  # fmt: skip
+    print(f"{'':<10} {'ms / iteration':>15} {'samples / s':>12} {'s / kimg':>9} {'peak MiB':>10} {'time / plain':>13} {'memory / plain':>15} {'syncs / it':>11} {'(mean)':>7}")  # fmt: skip
     for kind in kinds:
         print(
             f"{kind:<10} {1000 * median[kind]:>15.3f} {per_iteration / median[kind]:>12.0f} "
+            f"{1000 * median[kind] / per_iteration:>9.3f} "
             f"{peak[kind]:>10.1f} {paired[kind]:>12.3f}x {peak[kind] / peak['plain']:>14.3f}x "
             f"{syncs[kind]['syncs_median']:>11.0f} {syncs[kind]['syncs_mean']:>7.2f}"
         )
@@ -558,7 +559,10 @@ def main() -> None:
         f"syncs / it: host reads of device values per iteration (median, and mean with the "
         f"logging iterations), from one extra counted run of {SYNC_ITERATIONS} iterations"
     )
-    print(f"samples / s: real samples (images, toy points) consumed, {per_iteration} per iteration")
+    print(
+        f"samples / s: real samples (images, toy points) consumed, {per_iteration} per iteration; "
+        "s / kimg: seconds per thousand of them (stylegan2-ada's unit)"
+    )
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ class TrainConfig:
     n_critic: int = MISSING
     compile: bool = MISSING
     channels_last: bool = MISSING
+    diagnostics: str = MISSING  # one of GANModule's (checked against its Literal)
 
 
 @dataclass

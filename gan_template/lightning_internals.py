@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.logger import _add_prefix, _convert_params, _flatten_dict
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from torch import Tensor
 from torch.optim import Optimizer
 
 
@@ -86,3 +88,16 @@ def step_takes_found_inf(optimizer: Optimizer) -> bool:
     Public replacement: none in torch 2.x.
     """
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def flag_nonfinite(tensors: list[Tensor], found: Tensor, one: Tensor) -> None:
+    """Set ``found`` (a float32 tensor of one element) to 1 if any of ``tensors`` holds inf or NaN.
+
+    torch's ``_amp_foreach_non_finite_check_and_unscale_``, the one fused pass
+    ``GradScaler.unscale_`` makes over the gradients, with an inverse scale
+    ``one`` (1.0), which leaves their values as they were. Cheaper than the
+    gradient norm a check on it would need: a test per element and no
+    reduction (``benchmarks/README.md``, "Differential profile"). The tensors
+    must share ``found``'s device. Public replacement: none in torch 2.x.
+    """
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)

@@ -12,7 +12,9 @@ An iteration (see ``schedule.py``)::
     count the iteration (or the skip), update the EMA, step LR schedulers
 
 ``training_step`` returns a dict of detached scalars, or ``None`` when the
-iteration was skipped. ``on_train_batch_end`` reads what the step left: it
+iteration was skipped: the losses on every iteration; the discriminator's
+statistics and the gradient norms, which only feed the logs, on the
+iterations that write a ``train/*`` row (``diagnostics``). ``on_train_batch_end`` reads what the step left: it
 logs, keeps epoch aggregates, stops after ``skip.max_consecutive`` skips in a
 row or at ``max_iterations``. Nothing from the step outlives it: the outputs
 are detached scalars and no tensor of the step is kept on the module.
@@ -23,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -101,6 +103,12 @@ class GANModule(L.LightningModule):
             optimizers fails in Lightning 2.6, #21513).
         channels_last: keep 4-d weights and image batches in channels-last
             layout, the one GPU tensor cores prefer for convolutions.
+        diagnostics: when the step measures what only the logs read (D's mean
+            logits and accuracies, ``d_grad_norm``, ``g_grad_norm``):
+            ``"log_steps"``, on the iterations that write a ``train/*`` row,
+            or ``"every_iteration"``, which puts them in every step's outputs
+            and in the ``epoch/*`` means. A skip predicate sees D's
+            statistics on every update either way.
 
     Any number a part keeps as a :class:`~gan_template.schedule.Schedule` (the
     penalty's weight, the EMA's decay, an optimizer's lr, ...) is set to its
@@ -125,6 +133,7 @@ class GANModule(L.LightningModule):
         max_iterations: int | None = None,
         compile_networks: bool = False,
         channels_last: bool = False,
+        diagnostics: Literal["log_steps", "every_iteration"] = "log_steps",
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -141,6 +150,7 @@ class GANModule(L.LightningModule):
         # Adaptive augmentation (augment.AdaptiveAugment) tunes itself from D(real).
         self._augment_observes = callable(getattr(augment, "observe", None))
         self.updates = Updates(skip or SkipRule(max_consecutive=20), gradient_clip_norm)
+        self._predicate_reads_statistics = self.updates.rule.predicate is not None
 
         # Numbers that change over the run: set at the start of every iteration.
         self.hyperparameter_schedules = schedules = ScheduledHyperparameters()
@@ -157,6 +167,11 @@ class GANModule(L.LightningModule):
         self.max_iterations = max_iterations
         self.compile_networks = compile_networks
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if diagnostics not in ("log_steps", "every_iteration"):
+            raise ValueError(
+                f"diagnostics={diagnostics!r}: must be 'log_steps' or 'every_iteration'"
+            )
+        self.diagnostics_every_iteration = diagnostics == "every_iteration"
 
         # Run state, saved in checkpoints (on_save_checkpoint).
         self.iteration = 0  # generator updates so far: the run's unit of time
@@ -168,10 +183,7 @@ class GANModule(L.LightningModule):
         self._discriminator_parameters: list[nn.Parameter] = []
         # The last logged losses, as numbers, for the progress bar.
         self.progress_metrics: dict[str, float] = {}
-
-        # Listed once per fit (on_train_start, after the move to the device),
-        # not walked through the module tree on every step.
-        self._running_buffers: list[Tensor] = []
+        self._keeps_epoch_means = True  # set by on_train_start: False without loggers
 
     # ---- the algorithm ---------------------------------------------------------------------
 
@@ -183,17 +195,20 @@ class GANModule(L.LightningModule):
         optimizer_g, optimizer_d = cast(list[LightningOptimizer], self.optimizers())
         *earlier, (real_last, labels_last) = self.critic_batches(real, labels)
         self.updates.begin_iteration(self.iteration)
+        # The logs read the last update's diagnostics, on the iterations that log.
+        every = self.diagnostics_every_iteration
+        diagnose = every or self._logs_at(self.iteration + 1)
         metrics: dict[str, Tensor] = {}
         for k, (real_k, labels_k) in enumerate(earlier):
             fake = self.generate(real_k.shape[0], keep_graph=False, labels=labels_k)
-            metrics |= self.discriminator_step(optimizer_d, real_k, fake, labels_k, k)
+            metrics |= self.discriminator_step(optimizer_d, real_k, fake, labels_k, k, every)
         # The last critic update's fake batch is reused by the generator update,
         # so it is the only one generated with a graph.
         fake = self.generate(real_last.shape[0], keep_graph=True, labels=labels_last)
         metrics |= self.discriminator_step(
-            optimizer_d, real_last, fake.detach(), labels_last, len(earlier)
+            optimizer_d, real_last, fake.detach(), labels_last, len(earlier), diagnose
         )
-        metrics |= self.generator_step(optimizer_g, fake, labels_last, real_last)
+        metrics |= self.generator_step(optimizer_g, fake, labels_last, real_last, diagnose)
         if self.updates.end_iteration() is not None:  # the iteration's one host sync
             return None
         self._advance()
@@ -221,8 +236,9 @@ class GANModule(L.LightningModule):
         fake: Tensor,
         labels: Tensor | None,
         k: int,
+        diagnose: bool = True,
     ) -> dict[str, Tensor]:
-        """The ``k``-th discriminator update of the iteration.
+        """The ``k``-th discriminator update of the iteration; ``diagnose``: with statistics and norm.
 
         No parameters need freezing: ``fake`` is detached, so the generator is
         not in this graph. A penalty due on this update reads the same forward
@@ -237,7 +253,9 @@ class GANModule(L.LightningModule):
         real_logits = self.judge(real, labels)
         fake_logits = self.judge(fake, labels)
         loss = self.adversarial_loss.discriminator_loss(real_logits, fake_logits)
-        metrics = {"d_loss": loss, **discriminator_statistics(real_logits, fake_logits)}
+        metrics = {"d_loss": loss}
+        if diagnose or self._predicate_reads_statistics:
+            metrics |= discriminator_statistics(real_logits, fake_logits)
         if self._augment_observes:  # adaptive augmentation reads D's verdicts on real images
             metrics |= self.augment.observe(  # type: ignore[union-attr]
                 real_logits.detach(), self.discriminator_updates + k
@@ -248,11 +266,18 @@ class GANModule(L.LightningModule):
             value = penalty(DiscriminatorPass(judge, real, fake, real_logits, fake_logits))
             metrics["d_penalty"] = value  # weighted, before the lazy scale
             total = total + self.schedule.penalty_scale * value
-        metrics["d_grad_norm"] = self.updates.apply(optimizer, total, metrics)
+        norm = self.updates.apply(optimizer, total, metrics, measure_norm=diagnose)
+        if norm is not None:
+            metrics["d_grad_norm"] = norm
         return {name: value.detach() for name, value in metrics.items()}
 
     def generator_step(
-        self, optimizer: LightningOptimizer, fake: Tensor, labels: Tensor | None, real: Tensor
+        self,
+        optimizer: LightningOptimizer,
+        fake: Tensor,
+        labels: Tensor | None,
+        real: Tensor,
+        diagnose: bool = True,
     ) -> dict[str, Tensor]:
         """One generator update through the (just updated) discriminator, which stays frozen.
 
@@ -266,7 +291,9 @@ class GANModule(L.LightningModule):
             fake_logits = self.judge(fake, labels)
             loss = self.adversarial_loss.generator_loss(fake_logits, real_logits)
             metrics = {"g_loss": loss}
-            metrics["g_grad_norm"] = self.updates.apply(optimizer, loss, metrics)
+            norm = self.updates.apply(optimizer, loss, metrics, measure_norm=diagnose)
+            if norm is not None:
+                metrics["g_grad_norm"] = norm
         return {name: value.detach() for name, value in metrics.items()}
 
     # ---- helpers the algorithm reads through -------------------------------------------------
@@ -347,6 +374,8 @@ class GANModule(L.LightningModule):
     def on_train_start(self) -> None:
         trainer = self.trainer
         self._discriminator_parameters = list(self.discriminator.parameters())
+        # Epoch means that no logger would write are not kept.
+        self._keeps_epoch_means = bool(trainer.loggers)
         self.updates.prepare(
             optimizers=[opt.optimizer for opt in cast(list[LightningOptimizer], self.optimizers())],
             buffers=self._running_state(),
@@ -420,8 +449,14 @@ class GANModule(L.LightningModule):
         assert skipped == (not outputs), "training_step returns None exactly when it skips"
         if not skipped:
             metrics = cast(Mapping[str, Tensor], outputs)
-            self.epoch_means.update(metrics)
-            if self._logging_step():
+            logs = self._logs_at(self.iteration)
+            if self._keeps_epoch_means:
+                # Epoch means cover every iteration: not the diagnostics of log steps alone.
+                every = self.diagnostics_every_iteration
+                self.epoch_means.update(
+                    metrics if every or not logs else self._per_iteration(metrics)
+                )
+            if logs:
                 self._log_iteration(metrics)
         self.skip_rule.stop_if_limit_reached(self.iteration)
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
@@ -435,9 +470,18 @@ class GANModule(L.LightningModule):
             log_at_iteration(self.loggers, numbers, self.iteration)
         self.epoch_means.reset()
 
-    def _logging_step(self) -> bool:
+    def _logs_at(self, iteration: int) -> bool:
+        """Whether the iteration that ends with ``iteration`` done writes a ``train/*`` row."""
         every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning
-        return every > 0 and (self.iteration % every == 0 or self.iteration == self.max_iterations)
+        return every > 0 and (iteration % every == 0 or iteration == self.max_iterations)
+
+    #: What ``diagnostics="log_steps"`` measures on log steps only.
+    DIAGNOSTICS = frozenset(
+        {"d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake", "d_grad_norm", "g_grad_norm"}
+    )
+
+    def _per_iteration(self, metrics: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {name: value for name, value in metrics.items() if name not in self.DIAGNOSTICS}
 
     def _log_iteration(self, outputs: Mapping[str, Tensor]) -> None:
         """Write one row of ``train/*`` metrics at ``step = iteration``.

@@ -7,7 +7,9 @@ Every update of an iteration runs the same way (``Updates.apply``)::
     all-reduce the gradients with the flags riding along   (distributed.py)
     optimizer.step(), inside which Lightning unscales 16-mixed gradients and
     calls on_before_optimizer_step -> Updates.before_step:
-        clip (or measure) the gradient norm; flag a non-finite one
+        clip the gradients, or measure their norm when it is logged;
+        flag non-finite gradients (from the norm, or else in one fused pass
+        that reduces nothing: GradScaler's check)
         skip = any flag of this iteration so far
         the step applies nothing when skip is set
 
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gan_template.distributed import all_reduce_gradients, disable_reducer
-from gan_template.lightning_internals import step_takes_found_inf
+from gan_template.lightning_internals import flag_nonfinite, step_takes_found_inf
 from gan_template.skip import SkipRule
 
 
@@ -62,6 +64,7 @@ class Updates:
         self._backward: Callable[[Tensor], None] = lambda loss: loss.backward()
         self._parameters: dict[Optimizer, list[nn.Parameter]] = {}
         self._on_device: dict[Optimizer, bool] = {}
+        self._one: dict[Optimizer, Tensor] = {}  # the inverse scale of flag_nonfinite
         self._buffers: list[Tensor] = []
         self._saved_buffers: list[Tensor] = []
         self._wrapped_model: nn.Module | None = None
@@ -73,6 +76,8 @@ class Updates:
         self._flags: Tensor | None = None  # ``reasons`` layout, accumulated over the updates
         self._metrics_so_far: dict[str, Tensor] = {}  # what a predicate sees (skip.SkipPredicate)
         # Per update, from apply() to before_step() and back.
+        self._measure_norm = True
+        self._checked = False  # before_step ran for this update
         self._loss: Tensor | None = None
         self._loss_flags: Tensor | None = None
         self._grad_norm: Tensor | None = None
@@ -93,6 +98,11 @@ class Updates:
             opt: [p for group in opt.param_groups for p in group["params"]] for opt in optimizers
         }
         self._on_device = {opt: decides_on_device(opt, scaler) for opt in optimizers}
+        self._one = {
+            opt: torch.ones(1, device=params[0].device)
+            for opt, params in self._parameters.items()
+            if params
+        }
         self._buffers = list(buffers)
         self._saved_buffers = [b.clone() for b in self._buffers]
         self._wrapped_model = wrapped_model
@@ -116,18 +126,24 @@ class Updates:
             torch._foreach_copy_(self._saved_buffers, self._buffers)
 
     def apply(
-        self, optimizer: LightningOptimizer, loss: Tensor, metrics: Mapping[str, Tensor]
-    ) -> Tensor:
-        """Backward ``loss``, average the gradients, step unless flagged; the gradient norm.
+        self,
+        optimizer: LightningOptimizer,
+        loss: Tensor,
+        metrics: Mapping[str, Tensor],
+        measure_norm: bool = True,
+    ) -> Tensor | None:
+        """Backward ``loss``, average the gradients, step unless flagged.
 
-        ``metrics`` are this update's; a predicate sees them after the
-        iteration's earlier ones (``skip.SkipPredicate``).
+        Returns the gradient norm (before clipping) when ``measure_norm`` or
+        clipping asks for it, else None. ``metrics`` are this update's; a
+        predicate sees them after the iteration's earlier ones (``skip.SkipPredicate``).
         """
         rule = self.rule
         if self._first_update:
             loss = rule.inject(loss, self._iteration, self._rank)
             self._first_update = False
         optimizer.zero_grad(set_to_none=True)
+        self._measure_norm, self._checked = measure_norm, False
         if not rule.check_losses and rule.predicate is None:
             self._loss = self._loss_flags = None
         elif self._world_size > 1 or rule.predicate is not None:
@@ -145,8 +161,8 @@ class Updates:
             self._loss_flags = flags.clamp_(max=1.0)  # summed over ranks
         optimizer.step()  # calls before_step() via on_before_optimizer_step
         optimizer.optimizer.__dict__.pop("found_inf", None)
+        assert self._checked, "on_before_optimizer_step must call Updates.before_step"
         grad_norm, self._grad_norm = self._grad_norm, None
-        assert grad_norm is not None, "on_before_optimizer_step must call Updates.before_step"
         return grad_norm
 
     def before_step(self, optimizer: Optimizer) -> None:
@@ -162,14 +178,14 @@ class Updates:
             # MixedPrecision.optimizer_step): too late to clip or check. The scaler's
             # step then sees the gradients unscaled and does not unscale them again.
             self._scaler.unscale_(optimizer)
+        norm = None
         if self.gradient_clip_norm is not None:
             norm = nn.utils.clip_grad_norm_(parameters, self.gradient_clip_norm, foreach=True)
-        else:
-            norm = nn.utils.get_total_norm(
-                [p.grad for p in parameters if p.grad is not None], foreach=True
-            )
-        self._grad_norm = norm.detach()
-        flags = self._update_flags(self._grad_norm)
+        elif self._measure_norm:
+            norm = self._gradient_norm(parameters)
+        self._checked = True
+        self._grad_norm = None if norm is None else norm.detach()
+        flags = self._update_flags(optimizer, parameters)
         if flags is None:
             return
         self._flags = flags if self._flags is None else self._flags.logical_or(flags)
@@ -181,18 +197,40 @@ class Updates:
             # nothing (a GradScaler's step too, after its own inf check).
             optimizer.zero_grad(set_to_none=True)
 
-    def _update_flags(self, grad_norm: Tensor) -> Tensor | None:
+    @staticmethod
+    def _gradient_norm(parameters: list[nn.Parameter]) -> Tensor:
+        return nn.utils.get_total_norm(
+            [p.grad for p in parameters if p.grad is not None], foreach=True
+        )
+
+    def _nonfinite_gradients(self, optimizer: Optimizer, parameters: list[nn.Parameter]) -> Tensor:
+        """``[1.]`` if a gradient holds inf or NaN, else ``[0.]``, without measuring a norm."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        found = torch.zeros(1, device=self._one[optimizer].device)
+        if grads:
+            flag_nonfinite(grads, found, self._one[optimizer])
+        return found
+
+    def _update_flags(self, optimizer: Optimizer, parameters: list[nn.Parameter]) -> Tensor | None:
         """This update's flags (booleans, ``self.reasons`` layout), or None without checks."""
-        rule = self.rule
-        if self._loss is not None:  # one process, no predicate: one stack, one test
+        rule, norm = self.rule, self._grad_norm
+        if self._loss is not None and (norm is not None or not rule.check_gradients):
+            # One process, no predicate: the loss (and the norm) in one stack, one test.
             values = self._loss.float()
             if rule.check_gradients:
-                values = torch.stack([values, grad_norm.float()])
+                values = torch.stack([values, norm.float()])  # type: ignore[union-attr]
             return values.isfinite().logical_not().reshape(-1)
-        parts = [] if self._loss_flags is None else [self._loss_flags.bool()]
+        parts = []
+        if self._loss is not None:
+            parts.append(self._loss.float().isfinite().logical_not().reshape(1))
+        elif self._loss_flags is not None:
+            parts.append(self._loss_flags.bool())
         if rule.check_gradients:
-            parts.append(grad_norm.isfinite().logical_not().reshape(1))
-        return torch.cat(parts) if parts else None
+            if norm is not None:
+                parts.append(norm.isfinite().logical_not().reshape(1))
+            else:
+                parts.append(self._nonfinite_gradients(optimizer, parameters).bool())
+        return (torch.cat(parts) if len(parts) > 1 else parts[0]) if parts else None
 
     def end_iteration(self) -> str | None:
         """The reason the iteration was skipped, or None; restores buffers of a skipped one.

@@ -62,3 +62,17 @@ def test_fused_optimizers_take_found_inf(fused: bool, expected: bool) -> None:
         optimizer.found_inf = torch.ones(())  # type: ignore[attr-defined]
         optimizer.step()
         assert torch.equal(param.detach(), torch.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_flag_nonfinite_sets_the_flag_and_leaves_the_values(dtype: torch.dtype) -> None:
+    finite = [torch.randn(5, 3).to(dtype), torch.randn(7).to(dtype)]
+    before = [t.clone() for t in finite]
+    found, one = torch.zeros(1), torch.ones(1)
+    internals.flag_nonfinite(finite, found, one)
+    assert found.item() == 0.0 and all(map(torch.equal, finite, before))
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        tensors = [*finite, torch.tensor([1.0, bad]).to(dtype)]
+        found = torch.zeros(1)
+        internals.flag_nonfinite(tensors, found, one)
+        assert found.item() == 1.0

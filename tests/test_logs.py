@@ -10,6 +10,12 @@ import torch
 from helpers import run, without_evaluation
 
 from gan_template.loggers import EpochMeans
+from gan_template.module import GANModule
+
+
+def read_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as file:
+        return list(csv.DictReader(file))
 
 
 def test_epoch_means_handles_steps_with_different_metrics() -> None:
@@ -47,11 +53,11 @@ def test_epoch_means_are_logged_at_the_end_of_each_epoch(make_config, tmp_path: 
             "data.num_samples=512",
             "data.batch_size=128",
             "train.iterations=10",
+            "train.diagnostics=every_iteration",  # D's statistics in the epoch means too
         )
     )
     run(cfg)
-    with open(tmp_path / "run" / "metrics.csv") as file:
-        rows = list(csv.DictReader(file))
+    rows = read_rows(tmp_path / "run")
     epoch_rows = [row for row in rows if row.get("epoch/d_loss")]
     assert [int(row["step"]) for row in epoch_rows] == [4, 8, 10]
     step_rows = {int(row["step"]): row for row in rows if row.get("train/d_loss")}
@@ -59,3 +65,45 @@ def test_epoch_means_are_logged_at_the_end_of_each_epoch(make_config, tmp_path: 
         expected = sum(float(step_rows[i]["train/d_loss"]) for i in steps) / len(steps)
         assert float(row["epoch/d_loss"]) == pytest.approx(expected, rel=1e-5)
         assert 0.0 <= float(row["epoch/d_accuracy_real"]) <= 1.0
+
+
+def test_diagnostics_on_log_steps_only_log_the_same_rows(make_config, tmp_path: Path) -> None:
+    """Measuring D's statistics and the norms on log steps alone changes no logged value.
+
+    The same run (4 iterations per epoch, 10 in all) with the diagnostics measured
+    on every iteration, and only on the iterations that log (every 3rd): every
+    ``train/*`` row of the second is the first's at that step, value for value; the
+    epoch means of the losses are the same, and the second keeps none of the
+    diagnostics' (they would be means over its log steps alone).
+    """
+    common = ["experiment=ring", "data.num_samples=512", "data.batch_size=128"]
+    common += ["train.iterations=10", "trainer.log_every_n_steps=3", "penalty=r1"]
+    rows = {}
+    for diagnostics in ("every_iteration", "log_steps"):
+        run_dir = tmp_path / diagnostics
+        cfg = make_config(*common, f"train.diagnostics={diagnostics}", run_dir=run_dir)
+        run(without_evaluation(cfg))
+        rows[diagnostics] = read_rows(run_dir)
+
+    def train_rows(name: str) -> dict[int, dict[str, str]]:
+        return {
+            int(row["step"]): {k: v for k, v in row.items() if k.startswith("train/") and v}
+            for row in rows[name]
+            if row.get("train/d_loss")
+        }
+
+    every, lean = train_rows("every_iteration"), train_rows("log_steps")
+    assert sorted(lean) == [3, 6, 9, 10] and lean == every
+    assert {"train/d_real", "train/d_grad_norm", "train/g_grad_norm"} <= lean[3].keys()
+
+    def epoch_rows(name: str) -> list[dict[str, str]]:
+        return [
+            {k: v for k, v in row.items() if k.startswith("epoch/") and v}
+            for row in rows[name]
+            if row.get("epoch/d_loss")
+        ]
+
+    full, means = epoch_rows("every_iteration"), epoch_rows("log_steps")
+    assert len(means) == 3 and all(m.items() <= f.items() for m, f in zip(means, full, strict=True))
+    names = {name.removeprefix("epoch/") for row in means for name in row}
+    assert names == {"d_loss", "g_loss", "d_penalty"} and not names & GANModule.DIAGNOSTICS

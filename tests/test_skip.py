@@ -35,9 +35,20 @@ def test_injected_nonfinite_loss_skips_the_iteration_without_touching_any_state(
 
 def test_completed_iterations_return_detached_scalars(make_config) -> None:
     recorder = StepRecorder()
-    run(make_config("experiment=ring", "train.iterations=3", "penalty=gradient_penalty"), recorder)
+    cfg = make_config(
+        "experiment=ring",
+        "train.iterations=4",
+        "penalty=gradient_penalty",
+        "trainer.log_every_n_steps=2",
+    )
+    run(cfg, recorder)
+    losses = {"d_loss", "g_loss", "d_penalty"}
+    diagnostics = {"d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake"}
+    diagnostics |= {"d_grad_norm", "g_grad_norm"}
+    # The diagnostics only on the iterations that log (2 and 4).
+    keys = [outputs.keys() for outputs in recorder.outputs]
+    assert keys == [losses, losses | diagnostics, losses, losses | diagnostics]
     for outputs in recorder.outputs:
-        assert {"d_loss", "g_loss", "d_penalty", "d_grad_norm", "g_grad_norm"} <= outputs.keys()
         for value in outputs.values():
             assert isinstance(value, torch.Tensor) and value.dim() == 0
             assert value.grad_fn is None and not value.requires_grad
@@ -96,10 +107,16 @@ class NaNGradient(torch.nn.Module):
         return x
 
 
-def test_nonfinite_gradient_skips_the_update_and_keeps_weights_finite(make_config) -> None:
+@pytest.mark.parametrize("log_every", [1, 100], ids=["from-the-norm", "without-a-norm"])
+def test_nonfinite_gradient_skips_the_update_and_keeps_weights_finite(
+    make_config, log_every: int
+) -> None:
+    """Flagged from the logged gradient norm, or, on iterations that do not log, by a fused check."""
     from gan_template import train as train_module
 
-    cfg = make_config("experiment=ring", "train.iterations=4")
+    cfg = make_config(
+        "experiment=ring", "train.iterations=4", f"trainer.log_every_n_steps={log_every}"
+    )
     original = train_module.build_module
 
     def build_with_poison(cfg, **kwargs):
