@@ -15,6 +15,7 @@ from gan_template.checkpoint_io import CheckpointWriteError, DamagedCheckpointEr
 from gan_template.config import register_schema
 from gan_template.errors import ConfigError, DataError, UserInputError
 from gan_template.skip import TooManySkips
+from gan_template.stopping import STOPPED_EXIT_STATUS, StoppedBySignal
 from gan_template.sweep import (
     become_the_parent_job,
     objective,
@@ -34,6 +35,7 @@ EXIT_STATUS: dict[type[BaseException], int] = {
     UserInputError: 2,
     TooManySkips: 3,  # training diverged; last.ckpt holds the last good state
     CheckpointWriteError: 4,  # a checkpoint could not be written; earlier ones are intact
+    StoppedBySignal: STOPPED_EXIT_STATUS,  # 143: SIGTERM; last.ckpt holds where every rank stopped
 }
 
 
@@ -53,9 +55,12 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.optimized_metric is None:
             return None
         return objective(result["final_metrics"], cfg.optimized_metric)
-    except (UserInputError, TooManySkips, CheckpointWriteError) as error:
+    except (UserInputError, TooManySkips, CheckpointWriteError, StoppedBySignal) as error:
         # The message says what happened and what to do; a traceback would bury it.
-        print(f"gan_template: error: {error}", file=sys.stderr, flush=True)
+        if not isinstance(error, StoppedBySignal):
+            print(f"gan_template: error: {error}", file=sys.stderr, flush=True)
+        elif error.rank == 0:  # once, not once per rank
+            print(f"gan_template: {error}", file=sys.stderr, flush=True)
         if hydra_config.mode == RunMode.MULTIRUN:  # the sweep stops here: summarise it first
             write_summary(Path(hydra_config.sweep.dir))
         raise SystemExit(exit_status(error)) from None

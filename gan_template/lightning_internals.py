@@ -101,3 +101,21 @@ def flag_nonfinite(tensors: list[Tensor], found: Tensor, one: Tensor) -> None:
     must share ``found``'s device. Public replacement: none in torch 2.x.
     """
     torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
+
+
+def disable_sigterm_broadcast(trainer: L.Trainer) -> None:
+    """Stop Lightning broadcasting rank 0's SIGTERM flag at the start of every batch.
+
+    Lightning 2.6's ``_TrainingEpochLoop._broadcast_sigterm_tensor``: under DDP,
+    one collective and one host read per iteration. The template agrees on a
+    SIGTERM in the gradient all-reduce instead (``stopping.py``) and replaces
+    the handler whose flag this broadcast reads, so the broadcast only costs.
+    Public replacement: none.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if not hasattr(loop, "_broadcast_sigterm_tensor"):
+        raise AttributeError(
+            "Lightning's training epoch loop has no _broadcast_sigterm_tensor any more: "
+            "check its SIGTERM handling against gan_template/stopping.py"
+        )
+    loop._broadcast_sigterm_tensor = lambda: None  # type: ignore[method-assign]

@@ -38,13 +38,14 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from gan_template import models
 from gan_template.ema import GeneratorEMA
-from gan_template.lightning_internals import precision_scaler
+from gan_template.lightning_internals import disable_sigterm_broadcast, precision_scaler
 from gan_template.loggers import EpochMeans, as_numbers, log_at_iteration
 from gan_template.losses import AdversarialLoss, NonSaturating, discriminator_statistics
 from gan_template.penalties import DiscriminatorPass, Penalty
 from gan_template.resume import gather_rng_states, restore_rng_state
 from gan_template.schedule import ScheduledHyperparameters, StepSchedule
 from gan_template.skip import SkipRule
+from gan_template.stopping import StopSignal
 from gan_template.update import Updates
 
 
@@ -177,6 +178,11 @@ class GANModule(L.LightningModule):
         self.iteration = 0  # generator updates so far: the run's unit of time
         self.discriminator_updates = 0  # drives the lazy penalty schedule
 
+        # A SIGTERM is noted, then agreed on by every rank, then stops the run (stopping.py).
+        self.stop_signal = StopSignal()
+        #: Set when every rank agreed to stop early ("SIGTERM"): the run saves and ends.
+        self.stop_reason: str | None = None
+
         # Epoch aggregates as running means, never as a list of step outputs.
         self.epoch_means = EpochMeans()
         # Listed once per fit (on_train_start), not walked on every generator update.
@@ -209,7 +215,10 @@ class GANModule(L.LightningModule):
             optimizer_d, real_last, fake.detach(), labels_last, len(earlier), diagnose
         )
         metrics |= self.generator_step(optimizer_g, fake, labels_last, real_last, diagnose)
-        if self.updates.end_iteration() is not None:  # the iteration's one host sync
+        skipped = self.updates.end_iteration() is not None  # the iteration's one host sync
+        if self.updates.stop_agreed:  # a rank got SIGTERM: all stop after this iteration
+            self.stop_reason = "SIGTERM"
+        if skipped:
             return None
         self._advance()
         return metrics
@@ -373,6 +382,9 @@ class GANModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         trainer = self.trainer
+        self.stop_signal.rank = trainer.global_rank
+        if self.stop_signal.install():  # replaces Lightning's handler (stopping.py says why)
+            disable_sigterm_broadcast(trainer)
         self._discriminator_parameters = list(self.discriminator.parameters())
         # Epoch means that no logger would write are not kept.
         self._keeps_epoch_means = bool(trainer.loggers)
@@ -384,6 +396,7 @@ class GANModule(L.LightningModule):
             world_size=trainer.world_size,
             rank=trainer.global_rank,
             scaler=precision_scaler(trainer),
+            stop_requested=lambda: self.stop_signal.received,
         )
         if trainer.ckpt_path is not None:
             self._apply_configured_learning_rates()
@@ -459,8 +472,13 @@ class GANModule(L.LightningModule):
             if logs:
                 self._log_iteration(metrics)
         self.skip_rule.stop_if_limit_reached(self.iteration)
-        if self.max_iterations is not None and self.iteration >= self.max_iterations:
+        if self.stop_reason is not None or (
+            self.max_iterations is not None and self.iteration >= self.max_iterations
+        ):
             self.trainer.should_stop = True
+
+    def on_train_end(self) -> None:
+        self.stop_signal.uninstall()
 
     def on_train_epoch_end(self) -> None:
         # Every rank calls this (the means are averaged over ranks).

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gan_template import models
+from gan_template.callbacks.checkpoint import IterationCheckpoint
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
 from gan_template.config import validate
@@ -28,6 +29,7 @@ from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError, UserInputError
 from gan_template.module import GANModule
 from gan_template.resume import SHAPE_SECTIONS, config_changes, shape_mismatches
+from gan_template.stopping import StoppedBySignal
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +250,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if module.stop_reason is not None:
+        raise stopped_early(trainer, module)
     final_metrics = write_final_metrics(trainer, module, run_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {
@@ -257,6 +261,22 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         "final_metrics": final_metrics,
         "module": module,
     }
+
+
+def stopped_early(trainer: L.Trainer, module: GANModule) -> StoppedBySignal:
+    """The error that ends a run every rank stopped on a signal (``stopping.py``)."""
+    saved = [
+        f"saved {path}. Resume with the same overrides plus ckpt_path={path}"
+        for callback in trainer.callbacks  # type: ignore[attr-defined]
+        if isinstance(callback, IterationCheckpoint)
+        for path in [callback.last_path(trainer)]
+    ]
+    return StoppedBySignal(
+        f"stopped by {module.stop_reason} after iteration {module.iteration} of "
+        f"{module.max_iterations} (every rank stopped there); "
+        + (saved[0] if saved else "no checkpoint callback is configured, nothing was saved"),
+        rank=trainer.global_rank,
+    )
 
 
 def write_final_metrics(trainer: L.Trainer, module: GANModule, run_dir: Path) -> dict[str, float]:

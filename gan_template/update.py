@@ -15,7 +15,10 @@ Every update of an iteration runs the same way (``Updates.apply``)::
 
 and once per iteration ``end_iteration`` reads the flags on the host (the only
 device-to-host sync of an iteration that writes no logs), restores the
-running buffers if the iteration was skipped, and counts it.
+running buffers if the iteration was skipped, and counts it. Under DDP the
+first all-reduce of an iteration also carries each rank's "a SIGTERM arrived"
+note, read in the same host read, so all ranks agree to stop after the same
+iteration (``stopping.py``).
 
 How a step applies nothing without the host knowing: fused optimizers
 (``Adam``/``AdamW``/``SGD`` with ``fused=True``, the default in ``conf/optim``)
@@ -69,11 +72,15 @@ class Updates:
         self._saved_buffers: list[Tensor] = []
         self._wrapped_model: nn.Module | None = None
         self._world_size, self._rank, self._scaler = 1, 0, None
+        self._stop_requested: Callable[[], bool] = lambda: False
+        #: Whether every rank agreed, at the iteration that ended last, to stop after it.
+        self.stop_agreed = False
         # Per iteration.
         self._iteration = 0
         self._first_update = True
         self.reasons: tuple[str, ...] = ()  # layout of the flags, set by prepare()
         self._flags: Tensor | None = None  # ``reasons`` layout, accumulated over the updates
+        self._stop: Tensor | None = None  # under DDP: how many ranks were asked to stop
         self._metrics_so_far: dict[str, Tensor] = {}  # what a predicate sees (skip.SkipPredicate)
         # Per update, from apply() to before_step() and back.
         self._measure_norm = True
@@ -91,9 +98,15 @@ class Updates:
         world_size: int = 1,
         rank: int = 0,
         scaler: Any = None,
+        stop_requested: Callable[[], bool] | None = None,
     ) -> None:
-        """Take what the updates need from the fit, once (lists, not walks of the module tree)."""
+        """Take what the updates need from the fit, once (lists, not walks of the module tree).
+
+        ``stop_requested`` says whether this rank was asked to stop (a SIGTERM).
+        """
         self._backward = backward
+        if stop_requested is not None:
+            self._stop_requested = stop_requested
         self._parameters = {
             opt: [p for group in opt.param_groups for p in group["params"]] for opt in optimizers
         }
@@ -121,7 +134,7 @@ class Updates:
         # Gradients are averaged in apply(), not by DDP's reducer (distributed.py);
         # Lightning switches the reducer back on after every step.
         disable_reducer(self._wrapped_model)
-        self._iteration, self._first_update, self._flags = iteration, True, None
+        self._iteration, self._first_update, self._flags, self._stop = iteration, True, None, None
         if self._buffers:  # forwards update them before the flags are known: keep a copy
             torch._foreach_copy_(self._saved_buffers, self._buffers)
 
@@ -139,9 +152,9 @@ class Updates:
         predicate sees them after the iteration's earlier ones (``skip.SkipPredicate``).
         """
         rule = self.rule
-        if self._first_update:
+        first, self._first_update = self._first_update, False
+        if first:
             loss = rule.inject(loss, self._iteration, self._rank)
-            self._first_update = False
         optimizer.zero_grad(set_to_none=True)
         self._measure_norm, self._checked = measure_norm, False
         if not rule.check_losses and rule.predicate is None:
@@ -156,7 +169,14 @@ class Updates:
             self._loss, self._loss_flags = loss.detach(), None
         self._backward(loss)
         parameters = self._parameters[optimizer.optimizer]
-        flags = all_reduce_gradients(parameters, self._world_size, extra=self._loss_flags)
+        extra = self._loss_flags
+        carries_stop = first and self._world_size > 1
+        if carries_stop:  # this rank's stop note rides in the iteration's first all-reduce
+            stop = loss.new_full((1,), float(self._stop_requested()), dtype=torch.float32)
+            extra = stop if extra is None else torch.cat([extra.float(), stop])
+        flags = all_reduce_gradients(parameters, self._world_size, extra=extra)
+        if carries_stop and flags is not None:
+            self._stop, flags = flags[-1:], (flags[:-1] if len(flags) > 1 else None)
         if flags is not None and self._world_size > 1:
             self._loss_flags = flags.clamp_(max=1.0)  # summed over ranks
         optimizer.step()  # calls before_step() via on_before_optimizer_step
@@ -235,12 +255,19 @@ class Updates:
     def end_iteration(self) -> str | None:
         """The reason the iteration was skipped, or None; restores buffers of a skipped one.
 
-        Reading the flags is the iteration's one device-to-host sync.
+        Reading the flags (and under DDP the ranks' stop notes) is the iteration's one
+        device-to-host sync. Sets ``stop_agreed``.
         """
+        flags, stop, self._flags, self._stop = self._flags, self._stop, None, None
+        if stop is None:
+            values = [] if flags is None else flags.tolist()
+            self.stop_agreed = self._world_size <= 1 and self._stop_requested()
+        else:  # DDP: the stop notes in the same read
+            values = (stop if flags is None else torch.cat([flags.float(), stop])).tolist()
+            self.stop_agreed, values = values[-1] > 0, values[:-1]
         reason = (
-            None if self._flags is None else self.rule.reason(self.reasons, self._flags.tolist())
+            self.rule.reason(self.reasons, [bool(v) for v in values]) if flags is not None else None
         )
-        self._flags = None
         self._metrics_so_far = {}  # nothing of the step outlives it
         if reason is not None and self._buffers:
             torch._foreach_copy_(self._buffers, self._saved_buffers)

@@ -18,8 +18,8 @@ COMMON = [
 ]
 
 
-def interrupt_once_training(run_dir: Path, cwd: Path, sig: signal.Signals) -> str:
-    """Start an endless run, send ``sig`` once it has logged, return its output."""
+def interrupt_once_training(run_dir: Path, cwd: Path, sig: signal.Signals) -> tuple[str, int]:
+    """Start an endless run, send ``sig`` once it has logged; its output and exit status."""
     process = subprocess.Popen(
         [sys.executable, "-m", "gan_template", *COMMON, "train.iterations=1000000", f"hydra.run.dir={run_dir}"],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -37,17 +37,20 @@ def interrupt_once_training(run_dir: Path, cwd: Path, sig: signal.Signals) -> st
         output, _ = process.communicate(timeout=120)
     finally:
         process.kill()  # never leave a million-iteration run behind
-    return output
+    return output, process.returncode
 
 
 def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    output = interrupt_once_training(run_dir, tmp_path, signal.SIGTERM)
+    output, status = interrupt_once_training(run_dir, tmp_path, signal.SIGTERM)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file(), output[-3000:]
-    assert f"Resume with the same overrides plus ckpt_path={checkpoint}" in output
+    assert status == 143 and "Traceback" not in output, output[-3000:]  # unfinished: not 0
     stopped_at = torch.load(checkpoint, weights_only=False)["gan_template"]["iteration"]
     assert 0 < stopped_at < 1000000
+    assert f"stopped by SIGTERM after iteration {stopped_at} of 1000000" in output
+    assert f"Resume with the same overrides plus ckpt_path={checkpoint}" in output
+    assert not (run_dir / "final_metrics.json").exists()  # no end-of-run evaluation
 
     resumed = tmp_path / "resumed"
     completed = subprocess.run(
@@ -61,7 +64,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path: P
 
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    output = interrupt_once_training(run_dir, tmp_path, signal.SIGINT)
+    output, _ = interrupt_once_training(run_dir, tmp_path, signal.SIGINT)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file(), output[-3000:]
     assert "KeyboardInterrupt: saved a resumable checkpoint" in output

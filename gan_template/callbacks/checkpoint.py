@@ -65,10 +65,9 @@ class IterationCheckpoint(Callback):
         iteration = module.iteration
         if is_due(iteration, self.every_n_iterations, self.last_saved_iteration):
             self._save(trainer, iteration, numbered=True)
-        elif (
-            iteration != self.last_saved_iteration
-            and module.max_iterations is not None
-            and iteration >= module.max_iterations
+        elif iteration != self.last_saved_iteration and (
+            module.stop_reason is not None  # every rank stops after this batch (stopping.py)
+            or (module.max_iterations is not None and iteration >= module.max_iterations)
         ):
             # The final checkpoint is written here, inside the last batch, not in
             # on_train_end: by then Lightning has counted the interrupted epoch as

@@ -59,7 +59,10 @@ class EveryNIterations(Callback):
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if as_gan_module(pl_module).iteration != self.last_run_iteration:
+        module = as_gan_module(pl_module)
+        if module.stop_reason is not None:
+            return  # stopped by a signal: the grace period is for saving, not evaluating
+        if module.iteration != self.last_run_iteration:
             self._run(trainer, pl_module)
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -65,6 +65,8 @@ class SampleGrid(EveryNIterations):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
+        if as_gan_module(pl_module).stop_reason is not None:
+            return
         if self.interpolation_rows and trainer.is_global_zero:
             module = as_gan_module(pl_module)
             path = Path(trainer.default_root_dir) / "samples" / "interpolation.png"

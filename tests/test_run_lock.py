@@ -1,0 +1,86 @@
+"""One run per run directory: a second is refused at start; a killed run leaves no stale lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gan_template.run_lock import LOCK_NAME, DirectoryLock, RunDirectoryInUse, RunDirectoryLock
+
+
+def test_a_second_lock_on_a_directory_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    first = DirectoryLock(tmp_path / "run")
+    first.acquire()
+    with pytest.raises(RunDirectoryInUse) as refused:
+        DirectoryLock(tmp_path / "run").acquire()
+    assert f"process {os.getpid()}" in str(refused.value.code)
+    assert "hydra.run.dir" in str(refused.value.code)
+    first.release()
+    again = DirectoryLock(tmp_path / "run")
+    again.acquire()  # released: free again
+    again.release()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from gan_template.run_lock import DirectoryLock; "
+            "DirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirectoryInUse, match=f"process {holder.pid} "):
+            DirectoryLock(tmp_path).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock = DirectoryLock(tmp_path)
+    lock.acquire()  # the lock died with its process, though the file remains
+    assert (tmp_path / LOCK_NAME).exists()
+    lock.release()
+
+
+def test_other_ranks_of_a_run_share_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = DirectoryLock(tmp_path)
+    held.acquire()
+    for variable in ("LOCAL_RANK", "RANK", "SLURM_PROCID"):
+        with monkeypatch.context() as env:
+            env.setenv(variable, "1")
+            RunDirectoryLock()._take(str(tmp_path))  # a rank of the holder's run: no refusal
+    with pytest.raises(SystemExit) as refused:
+        RunDirectoryLock()._take(str(tmp_path))  # rank 0 of another run
+    assert refused.value.code == 2
+    held.release()
+
+
+def test_a_second_command_into_a_directory_in_use_exits_2_before_writing(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    held = DirectoryLock(run_dir)
+    held.acquire()  # this test process stands for a first run still training
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "gan_template", "experiment=ring", f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    held.release()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"is in use by another run: process {os.getpid()}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]  # no .hydra/, no logs
+    assert time.monotonic() - start < 60
