@@ -15,7 +15,7 @@ times. Drift slower than a block cancels.
 Pieces (each a patch of this process that consults a switch):
 
 - ``gradient norm``: the norm of the gradients (``Updates._gradient_norm``), a zero instead;
-- ``gradient check``: the fused non-finite check of iterations that measure no norm;
+- ``gradient check``: the non-finite gradient check (the fused check, or a test of the norm);
 - ``flags``: every skip flag (loss, gradient), and so the iteration's one host read;
 - ``D statistics``: d_real, d_fake and the accuracies;
 - ``epoch means``: the running means of the step outputs;
@@ -60,12 +60,6 @@ def _zero_norm(parameters: Any) -> Any:
     import torch
 
     return torch.zeros((), device=parameters[0].device)
-
-
-def _zero_flag(self: Any, optimizer: Any, parameters: Any) -> Any:
-    import torch
-
-    return torch.zeros(1, device=parameters[0].device)
 
 
 def _without_snapshot(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,11 +109,11 @@ def patches() -> dict[str, tuple[Any, str, Any]]:
             ),
         ),
     }
-    if hasattr(Updates, "_nonfinite_gradients"):  # the lean check (absent before it existed)
+    if hasattr(Updates, "_flag_gradients"):  # the fused check (absent before it existed)
         found["gradient check"] = (
             Updates,
-            "_nonfinite_gradients",
-            switched("gradient check", Updates._nonfinite_gradients, _zero_flag),
+            "_flag_gradients",
+            switched("gradient check", Updates._flag_gradients, lambda *args: None),
         )
     return found
 

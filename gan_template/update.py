@@ -79,7 +79,7 @@ class Updates:
         self._iteration = 0
         self._first_update = True
         self.reasons: tuple[str, ...] = ()  # layout of the flags, set by prepare()
-        self._flags: Tensor | None = None  # ``reasons`` layout, accumulated over the updates
+        self._flags: Tensor | None = None  # ``reasons`` layout (0./1.), ORed over the updates
         self._stop: Tensor | None = None  # under DDP: how many ranks were asked to stop
         self._metrics_so_far: dict[str, Tensor] = {}  # what a predicate sees (skip.SkipPredicate)
         # Per update, from apply() to before_step() and back.
@@ -208,10 +208,9 @@ class Updates:
         flags = self._update_flags(optimizer, parameters)
         if flags is None:
             return
-        self._flags = flags if self._flags is None else self._flags.logical_or(flags)
-        skip = self._flags.any()  # true once any update of this iteration was flagged
+        skip = flags.amax()  # 1 once any update of this iteration was flagged
         if self._on_device[optimizer]:
-            optimizer.found_inf = skip.float()  # type: ignore[attr-defined]  # read by fused step()
+            optimizer.found_inf = skip  # type: ignore[attr-defined]  # read by fused step()
         elif skip.item():  # a host sync: this optimizer cannot take the flag on the device
             # An optimizer skips parameters without gradients, so the step applies
             # nothing (a GradScaler's step too, after its own inf check).
@@ -223,34 +222,35 @@ class Updates:
             [p.grad for p in parameters if p.grad is not None], foreach=True
         )
 
-    def _nonfinite_gradients(self, optimizer: Optimizer, parameters: list[nn.Parameter]) -> Tensor:
-        """``[1.]`` if a gradient holds inf or NaN, else ``[0.]``, without measuring a norm."""
-        grads = [p.grad for p in parameters if p.grad is not None]
-        found = torch.zeros(1, device=self._one[optimizer].device)
-        if grads:
-            flag_nonfinite(grads, found, self._one[optimizer])
-        return found
-
     def _update_flags(self, optimizer: Optimizer, parameters: list[nn.Parameter]) -> Tensor | None:
-        """This update's flags (booleans, ``self.reasons`` layout), or None without checks."""
-        rule, norm = self.rule, self._grad_norm
-        if self._loss is not None and (norm is not None or not rule.check_gradients):
-            # One process, no predicate: the loss (and the norm) in one stack, one test.
-            values = self._loss.float()
-            if rule.check_gradients:
-                values = torch.stack([values, norm.float()])  # type: ignore[union-attr]
-            return values.isfinite().logical_not().reshape(-1)
-        parts = []
-        if self._loss is not None:
-            parts.append(self._loss.float().isfinite().logical_not().reshape(1))
-        elif self._loss_flags is not None:
-            parts.append(self._loss_flags.bool())
-        if rule.check_gradients:
-            if norm is not None:
-                parts.append(norm.isfinite().logical_not().reshape(1))
-            else:
-                parts.append(self._nonfinite_gradients(optimizer, parameters).bool())
-        return (torch.cat(parts) if len(parts) > 1 else parts[0]) if parts else None
+        """The iteration's flags so far, with this update's added; None without checks.
+
+        One float tensor in ``self.reasons`` layout, made at the iteration's first
+        update, into which every update ORs its flags: the fused check
+        (``flag_nonfinite``, GradScaler's) only ever sets its flag. An update
+        adds one kernel per check, whatever the number of updates and reasons.
+        """
+        if not self.reasons:
+            return None
+        one = self._one[optimizer]
+        if self._flags is None:
+            self._flags = torch.zeros(len(self.reasons), device=one.device)
+        flags = self._flags
+        n_loss = len(self.reasons) - int(self.rule.check_gradients)
+        if self._loss is not None:  # one process, no predicate: the loss is checked here
+            flag_nonfinite([self._loss.reshape(1)], flags[:1], one)
+        elif self._loss_flags is not None:  # decided before the backward (DDP, a predicate)
+            torch.maximum(flags[:n_loss], self._loss_flags.float(), out=flags[:n_loss])
+        if self.rule.check_gradients:
+            self._flag_gradients(parameters, flags[n_loss:], one)
+        return flags
+
+    def _flag_gradients(self, parameters: list[nn.Parameter], flag: Tensor, one: Tensor) -> None:
+        """Set ``flag`` if the gradients hold inf or NaN: from their norm when it was measured."""
+        norm = self._grad_norm
+        grads = [p.grad for p in parameters if p.grad is not None] if norm is None else [norm]
+        if grads:
+            flag_nonfinite(grads, flag, one)
 
     def end_iteration(self) -> str | None:
         """The reason the iteration was skipped, or None; restores buffers of a skipped one.
@@ -263,7 +263,7 @@ class Updates:
             values = [] if flags is None else flags.tolist()
             self.stop_agreed = self._world_size <= 1 and self._stop_requested()
         else:  # DDP: the stop notes in the same read
-            values = (stop if flags is None else torch.cat([flags.float(), stop])).tolist()
+            values = (stop if flags is None else torch.cat([flags, stop])).tolist()
             self.stop_agreed, values = values[-1] > 0, values[:-1]
         reason = (
             self.rule.reason(self.reasons, [bool(v) for v in values]) if flags is not None else None

@@ -220,3 +220,30 @@ def test_image_folders_load_in_spawned_workers(tmp_path: Path, channels: int) ->
     )
     images, labels = next(iter(loader))
     assert images.shape == (4, channels, 16, 16) and labels.tolist() == [0, 0, 0, 0]
+
+
+def test_exif_orientation_is_applied_and_animated_gifs_give_their_first_frame(
+    tmp_path: Path,
+) -> None:
+    from gan_template.data.images import load_image
+
+    # Stored 8 wide x 4 high, left half white; EXIF orientation 6: shown rotated 90 degrees
+    # clockwise, 4 wide x 8 high with the white half on top.
+    stored = np.zeros((4, 8), dtype=np.uint8)
+    stored[:, :4] = 255
+    photos, animations = tmp_path / "images" / "photos", tmp_path / "images" / "animations"
+    photos.mkdir(parents=True)
+    animations.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    for i in range(8):
+        Image.fromarray(stored, "L").save(photos / f"{i}.jpg", exif=exif, quality=100)
+        frames = [Image.new("L", (8, 8), 255), Image.new("L", (8, 8), 0)]
+        frames[0].save(animations / f"{i}.gif", save_all=True, append_images=frames[1:])
+    upright = np.asarray(load_image(str(photos / "0.jpg")))
+    assert upright.shape == (8, 4)  # rows, columns: 8 high, 4 wide
+    assert upright[:4].mean() > 200 and upright[4:].mean() < 50
+    assert np.asarray(load_image(str(animations / "0.gif")).convert("L")).min() == 255
+    module = ImageDataModule("folder", root=str(tmp_path / "images"), resolution=8, batch_size=8)
+    module.setup("fit")
+    assert len(module.dataset) == 16 and module.num_classes == 2  # the GIFs are used

@@ -52,23 +52,34 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def load_image(path: str) -> Any:
-    """Open and decode an image file; 16-bit images are scaled to 8 bits, not clipped.
+    """Open and decode an image file, upright; 16-bit images are scaled to 8 bits, not clipped.
 
-    Pillow's own conversion of a 16-bit image to ``L``/``RGB`` clips every value
-    above 255 (nearly all of them) to white. Decoding here, not lazily, makes a
-    truncated file fail now, with its name, rather than inside a loader worker.
+    A JPEG's EXIF orientation (how a phone says it was held) is applied, as
+    image viewers do; Pillow alone leaves the pixels as stored, sideways. An
+    animated GIF gives its first frame. Pillow's own conversion of a 16-bit
+    image to ``L``/``RGB`` clips every value above 255 (nearly all of them) to
+    white. Decoding here, not lazily, makes a truncated file fail now, with its
+    name, rather than inside a loader worker.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
-            image.load()
+        with Image.open(path) as opened:
+            opened.load()  # the first frame of an animation
+            image = ImageOps.exif_transpose(opened)
             if image.mode in SIXTEEN_BIT_MODES:
                 array = np.asarray(image, dtype=np.float64)
                 return Image.fromarray(np.round(array.clip(0, 65535) / 257).astype(np.uint8))
-            return image.copy()
+            return image.copy() if image is opened else image  # a new image, or the file's
     except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises for broken files
         raise DataError(f"{path}: cannot be decoded as an image ({error})") from error
+
+
+def has_image_extension(path: str) -> bool:
+    """torchvision's image extensions, and GIF (its first frame), which ``ImageFolder`` skips."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    return has_file_allowed_extension(path, (*IMG_EXTENSIONS, ".gif"))
 
 
 class DecodableImage:
@@ -78,9 +89,7 @@ class DecodableImage:
         self.unreadable: list[str] = []
 
     def __call__(self, path: str) -> bool:
-        from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
-        if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+        if not has_image_extension(path):
             return False
         try:
             load_image(path)
@@ -247,7 +256,10 @@ class ImageDataModule(L.LightningDataModule):
         checker = DecodableImage() if self.verify_images else None
         try:
             dataset = ImageFolder(
-                str(self.root), transform=self.transform(), loader=load_image, is_valid_file=checker
+                str(self.root),
+                transform=self.transform(),
+                loader=load_image,
+                is_valid_file=checker or has_image_extension,
             )
         except FileNotFoundError as error:
             if checker is None or not checker.unreadable:
