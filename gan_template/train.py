@@ -155,9 +155,19 @@ def check_shapes(module: GANModule, datamodule: L.LightningDataModule) -> None:
 
 
 def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """The checkpoint to resume from; ``last`` means this run directory's ``checkpoints/last.ckpt``."""
+    """The checkpoint to resume from; ``last`` means this run directory's ``checkpoints/last.ckpt``.
+
+    ``auto`` resumes from it when it exists and starts afresh when not: one
+    command for every start of a run that a launcher restarts (torchrun's
+    ``--max-restarts``, a requeued SLURM job).
+    """
     if ckpt_path is None:
         return None
+    if ckpt_path == "auto":
+        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            log.info(f"ckpt_path=auto: no {run_dir}/checkpoints/last.ckpt yet, starting afresh")
+            return None
+        ckpt_path = "last"
     if ckpt_path == "last":
         path = run_dir / "checkpoints" / "last.ckpt"
         if not path.is_file():

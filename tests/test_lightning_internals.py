@@ -76,3 +76,11 @@ def test_flag_nonfinite_sets_the_flag_and_leaves_the_values(dtype: torch.dtype) 
         found = torch.zeros(1)
         internals.flag_nonfinite(tensors, found, one)
         assert found.item() == 1.0
+
+
+def test_lightnings_per_batch_sigterm_broadcast_is_where_it_is_switched_off() -> None:
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    loop = trainer.fit_loop.epoch_loop
+    assert callable(type(loop)._broadcast_sigterm_tensor)  # still Lightning's name for it
+    internals.disable_sigterm_broadcast(trainer)
+    assert loop._broadcast_sigterm_tensor() is None  # no collective, no host read

@@ -129,3 +129,13 @@ def test_a_change_that_shapes_no_tensor_is_applied_on_resume(make_config, tmp_pa
     assert module.iteration == 3
     norms = [m for m in module.generator.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     assert norms and all(m.eps == 0.5 for m in norms)
+
+
+def test_ckpt_path_auto_starts_afresh_then_resumes_from_the_run_directory(tmp_path: Path) -> None:
+    from gan_template.train import resolve_checkpoint
+
+    assert resolve_checkpoint("auto", tmp_path) is None  # nothing saved yet: a fresh start
+    saved = tmp_path / "checkpoints" / "last.ckpt"
+    saved.parent.mkdir()
+    torch.save({"state_dict": {}}, saved)
+    assert resolve_checkpoint("auto", tmp_path) == str(saved)
