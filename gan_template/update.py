@@ -112,7 +112,7 @@ class Updates:
         }
         self._on_device = {opt: decides_on_device(opt, scaler) for opt in optimizers}
         self._one = {
-            opt: torch.ones(1, device=params[0].device)
+            opt: torch.ones(1, dtype=torch.float32, device=params[0].device)
             for opt, params in self._parameters.items()
             if params
         }
@@ -234,7 +234,7 @@ class Updates:
             return None
         one = self._one[optimizer]
         if self._flags is None:
-            self._flags = torch.zeros(len(self.reasons), device=one.device)
+            self._flags = torch.zeros(len(self.reasons), dtype=torch.float32, device=one.device)
         flags = self._flags
         n_loss = len(self.reasons) - int(self.rule.check_gradients)
         if self._loss is not None:  # one process, no predicate: the loss is checked here
