@@ -63,6 +63,8 @@ def main(cfg: DictConfig) -> float | None:
             print(f"gan_template: {error}", file=sys.stderr, flush=True)
         if hydra_config.mode == RunMode.MULTIRUN:  # the sweep stops here: summarise it first
             write_summary(Path(hydra_config.sweep.dir))
+        if isinstance(error, StoppedBySignal):
+            error.hand_over()  # submitit's preemption signal: its handler requeues the job
         raise SystemExit(exit_status(error)) from None
 
 

@@ -180,7 +180,7 @@ class GANModule(L.LightningModule):
 
         # A SIGTERM is noted, then agreed on by every rank, then stops the run (stopping.py).
         self.stop_signal = StopSignal()
-        #: Set when every rank agreed to stop early ("SIGTERM"): the run saves and ends.
+        #: Set when every rank agreed to stop early (the signal's name): the run saves and ends.
         self.stop_reason: str | None = None
 
         # Epoch aggregates as running means, never as a list of step outputs.
@@ -216,8 +216,8 @@ class GANModule(L.LightningModule):
         )
         metrics |= self.generator_step(optimizer_g, fake, labels_last, real_last, diagnose)
         skipped = self.updates.end_iteration() is not None  # the iteration's one host sync
-        if self.updates.stop_agreed:  # a rank got SIGTERM: all stop after this iteration
-            self.stop_reason = "SIGTERM"
+        if self.updates.stop_agreed:  # a rank got a stop signal: all stop after this iteration
+            self.stop_reason = self.stop_signal.agreed(self.updates.stop_notes)
         if skipped:
             return None
         self._advance()
@@ -396,7 +396,7 @@ class GANModule(L.LightningModule):
             world_size=trainer.world_size,
             rank=trainer.global_rank,
             scaler=precision_scaler(trainer),
-            stop_requested=lambda: self.stop_signal.received,
+            stop_note=self.stop_signal.note,
         )
         if trainer.ckpt_path is not None:
             self._apply_configured_learning_rates()

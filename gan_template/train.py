@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +160,19 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
 
     ``auto`` resumes from it when it exists and starts afresh when not: one
     command for every start of a run that a launcher restarts (torchrun's
-    ``--max-restarts``, a requeued SLURM job).
+    ``--max-restarts``, a requeued SLURM job). Without ``ckpt_path``, a run
+    directory that already holds ``last.ckpt`` is refused: nothing saved is
+    overwritten by a second command given the same directory.
     """
+    last = run_dir / "checkpoints" / "last.ckpt"
     if ckpt_path is None:
+        if last.is_file():  # a fresh start would overwrite that run's checkpoints
+            raise ConfigError(
+                f"{run_dir} already holds a run ({last}); a new run there would overwrite "
+                "its checkpoints. Continue it with ckpt_path=last (or ckpt_path=auto, which "
+                "also starts afresh where there is none), or give the new run another "
+                "directory (hydra.run.dir=<new dir>)"
+            )
         return None
     if ckpt_path == "auto":
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
@@ -214,6 +225,45 @@ def check_resume(cfg: DictConfig, ckpt_path: str, num_classes: int) -> None:
         )
     for key, (old, new) in changes.items():
         log.info(f"resume: {key} changed from {old!r} (checkpoint) to {new!r}")
+    reached = checkpoint.get("gan_template", {}).get("iteration")
+    if reached is not None and reached >= cfg.train.iterations:
+        log.warning(
+            f"resume: {ckpt_path} is at iteration {reached}, train.iterations={cfg.train.iterations}: "
+            "nothing to train. Raise train.iterations to continue the run"
+        )
+
+
+#: The smallest positive float16 (subnormal): a smaller Adam ``eps`` is 0 in float16.
+FLOAT16_TINY = float(torch.finfo(torch.float16).smallest_normal) * 2.0**-10
+
+
+def warn_about_precision(cfg: DictConfig) -> None:
+    """Say before training when ``16-true`` cannot train these optimizers' settings.
+
+    Under ``16-true`` the weights, gradients and Adam's moments are float16 with
+    no loss scaling: a squared gradient below float16's smallest value is 0, so
+    with an ``eps`` that small too, Adam divides by next to nothing and the
+    update overflows (inf/NaN, skipped iterations). Lightning accepts the
+    setting; this says what to use instead.
+    """
+    if str(cfg.trainer.get("precision")) not in ("16-true", "16", "half"):
+        return
+    too_small = []
+    for name in ("generator", "discriminator"):
+        node = OmegaConf.select(cfg, f"optim.{name}")
+        if isinstance(node, DictConfig) and "Adam" in str(node.get("_target_", "")):
+            eps = float(node.get("eps", 1e-8))  # torch's default
+            if eps < FLOAT16_TINY:
+                too_small.append(f"optim.{name}.eps={eps:g}")
+    if too_small:
+        log.warning(
+            "trainer.precision=16-true keeps weights, gradients and Adam's moments in float16 "
+            f"without loss scaling: squared gradients below {FLOAT16_TINY:.1e} are 0 there, and "
+            f"with {', '.join(too_small)} (below that too) Adam divides by next to nothing: "
+            "updates overflow to inf or NaN and the iterations are skipped. Use "
+            "trainer.precision=16-mixed (float32 weights; a GradScaler on GPU) or bf16-true, "
+            "or set the eps to 1e-4 or more"
+        )
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
@@ -222,6 +272,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     ``extra_callbacks`` join the configured ones (tests and benchmarks observe a run with them).
     """
     validate(cfg)  # every config error at once, before anything is built or loaded
+    warn_about_precision(cfg)
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"Run directory: {run_dir}", flush=True)
@@ -239,6 +290,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += extra_callbacks
+    # Checkpoints last (a stable sort), as Lightning orders its own Checkpoint
+    # callbacks: an evaluation of the final iteration has run, and its state is
+    # in the checkpoint of that iteration (``callbacks/periodic.py``).
+    callbacks.sort(key=lambda callback: isinstance(callback, IterationCheckpoint))
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress-bar callback when the bar is disabled.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -286,6 +341,7 @@ def stopped_early(trainer: L.Trainer, module: GANModule) -> StoppedBySignal:
         f"{module.max_iterations} (every rank stopped there); "
         + (saved[0] if saved else "no checkpoint callback is configured, nothing was saved"),
         rank=trainer.global_rank,
+        hand_over=partial(module.stop_signal.hand_over, module.stop_reason or ""),
     )
 
 

@@ -72,15 +72,18 @@ class Updates:
         self._saved_buffers: list[Tensor] = []
         self._wrapped_model: nn.Module | None = None
         self._world_size, self._rank, self._scaler = 1, 0, None
-        self._stop_requested: Callable[[], bool] = lambda: False
+        self._stop_note: Callable[[], Sequence[float]] = lambda: (0.0,)
+        self._stop_slots = 1
         #: Whether every rank agreed, at the iteration that ended last, to stop after it.
         self.stop_agreed = False
+        #: The stop notes of that iteration, summed over ranks (one per stop signal).
+        self.stop_notes: Sequence[float] = (0.0,)
         # Per iteration.
         self._iteration = 0
         self._first_update = True
         self.reasons: tuple[str, ...] = ()  # layout of the flags, set by prepare()
         self._flags: Tensor | None = None  # ``reasons`` layout (0./1.), ORed over the updates
-        self._stop: Tensor | None = None  # under DDP: how many ranks were asked to stop
+        self._stop: Tensor | None = None  # under DDP: per stop signal, how many ranks got it
         self._metrics_so_far: dict[str, Tensor] = {}  # what a predicate sees (skip.SkipPredicate)
         # Per update, from apply() to before_step() and back.
         self._measure_norm = True
@@ -98,15 +101,17 @@ class Updates:
         world_size: int = 1,
         rank: int = 0,
         scaler: Any = None,
-        stop_requested: Callable[[], bool] | None = None,
+        stop_note: Callable[[], Sequence[float]] | None = None,
     ) -> None:
         """Take what the updates need from the fit, once (lists, not walks of the module tree).
 
-        ``stop_requested`` says whether this rank was asked to stop (a SIGTERM).
+        ``stop_note`` gives, per stop signal, 1.0 if this rank received it
+        (``stopping.StopSignal.note``): a sequence of the same length every call.
         """
         self._backward = backward
-        if stop_requested is not None:
-            self._stop_requested = stop_requested
+        if stop_note is not None:
+            self._stop_note = stop_note
+            self._stop_slots = len(stop_note())
         self._parameters = {
             opt: [p for group in opt.param_groups for p in group["params"]] for opt in optimizers
         }
@@ -172,11 +177,15 @@ class Updates:
         extra = self._loss_flags
         carries_stop = first and self._world_size > 1
         if carries_stop:  # this rank's stop note rides in the iteration's first all-reduce
-            stop = loss.new_full((1,), float(self._stop_requested()), dtype=torch.float32)
+            stop = loss.new_zeros(self._stop_slots, dtype=torch.float32)
+            for slot, received in enumerate(self._stop_note()):
+                if received:  # rare: a fill kernel, no copy from the host
+                    stop[slot] = 1.0
             extra = stop if extra is None else torch.cat([extra.float(), stop])
         flags = all_reduce_gradients(parameters, self._world_size, extra=extra)
         if carries_stop and flags is not None:
-            self._stop, flags = flags[-1:], (flags[:-1] if len(flags) > 1 else None)
+            n = self._stop_slots
+            self._stop, flags = flags[-n:], (flags[:-n] if len(flags) > n else None)
         if flags is not None and self._world_size > 1:
             self._loss_flags = flags.clamp_(max=1.0)  # summed over ranks
         optimizer.step()  # calls before_step() via on_before_optimizer_step
@@ -261,10 +270,12 @@ class Updates:
         flags, stop, self._flags, self._stop = self._flags, self._stop, None, None
         if stop is None:
             values = [] if flags is None else flags.tolist()
-            self.stop_agreed = self._world_size <= 1 and self._stop_requested()
+            self.stop_notes = self._stop_note() if self._world_size <= 1 else (0.0,)
         else:  # DDP: the stop notes in the same read
             values = (stop if flags is None else torch.cat([flags, stop])).tolist()
-            self.stop_agreed, values = values[-1] > 0, values[:-1]
+            n = self._stop_slots
+            self.stop_notes, values = values[-n:], values[:-n]
+        self.stop_agreed = any(self.stop_notes)
         reason = (
             self.rule.reason(self.reasons, [bool(v) for v in values]) if flags is not None else None
         )

@@ -90,6 +90,17 @@ def test_ckpt_path_last_resumes_the_run_in_the_same_directory(tmp_path: Path) ->
     with open(run_dir / "metrics.csv") as f:  # the first segment's logs are kept, not overwritten
         steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/g_loss")]
     assert steps == [10, 20, 30]
+    # A shorter run length: nothing to train, and the final evaluation of iteration 30
+    # is not run (and logged) again: its result comes back from the checkpoint.
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    shorter = cli(tmp_path, *common, "train.iterations=25", "ckpt_path=last")
+    assert "is at iteration 30, train.iterations=25: nothing to train" in (
+        shorter.stdout + shorter.stderr
+    )
+    assert json.loads((run_dir / "final_metrics.json").read_text()) == final
+    with open(run_dir / "metrics.csv") as f:
+        evaluated = [int(row["step"]) for row in csv.DictReader(f) if row.get("toy/modes_captured")]
+    assert evaluated == [20, 30]
 
 
 SAMPLE_ERRORS = [

@@ -69,3 +69,35 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path: Path) -> None:
     assert checkpoint.is_file(), output[-3000:]
     assert "KeyboardInterrupt: saved a resumable checkpoint" in output
     assert torch.load(checkpoint, weights_only=False)["gan_template"]["iteration"] > 0
+
+
+def test_submitits_preemption_signal_is_noted_then_handed_to_the_handler_it_replaced(
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    import os
+
+    from gan_template.stopping import StopSignal, stop_signals
+
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert stop_signals() == (signal.SIGTERM,)  # outside a submitit job: SIGTERM alone
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    received: list[int] = []
+    before = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    try:
+        stop = StopSignal()
+        assert stop.signals == (signal.SIGTERM, signal.SIGUSR2)
+        assert stop.install()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.received and stop.note() == [0.0, 1.0]
+        assert received == []  # inside the handler: only noted
+        assert stop.agreed([0.0, 2.0]) == "SIGUSR2"  # summed over two ranks
+        assert stop.agreed([1.0, 0.0]) == "SIGTERM"
+        stop.uninstall()
+        assert signal.getsignal(signal.SIGUSR2) is not stop._handle
+        stop.hand_over("SIGTERM")  # never handed over: the run's exit is its meaning
+        assert received == []
+        stop.hand_over("SIGUSR2")  # after the save: submitit's handler requeues
+        stop.hand_over("SIGUSR2")
+        assert received == [signal.SIGUSR2]  # once
+    finally:
+        signal.signal(signal.SIGUSR2, before)

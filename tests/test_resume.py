@@ -139,3 +139,16 @@ def test_ckpt_path_auto_starts_afresh_then_resumes_from_the_run_directory(tmp_pa
     saved.parent.mkdir()
     torch.save({"state_dict": {}}, saved)
     assert resolve_checkpoint("auto", tmp_path) == str(saved)
+
+
+def test_a_new_run_into_a_directory_holding_a_run_is_refused(tmp_path: Path) -> None:
+    from gan_template.errors import ConfigError
+    from gan_template.train import resolve_checkpoint
+
+    assert resolve_checkpoint(None, tmp_path) is None
+    saved = tmp_path / "checkpoints" / "last.ckpt"
+    saved.parent.mkdir()
+    torch.save({"state_dict": {}}, saved)
+    with pytest.raises(ConfigError, match=r"already holds a run .*Continue it with ckpt_path=last"):
+        resolve_checkpoint(None, tmp_path)
+    assert saved.is_file()  # untouched

@@ -29,7 +29,12 @@ class EveryNIterations(Callback):
     """Calls :meth:`run` every ``every_n_iterations`` iterations (0: never) and once at the end.
 
     Iterations are generator updates (the module's ``iteration``), so a skipped
-    iteration never triggers a second run at the same count.
+    iteration never triggers a second run at the same count. The final run
+    happens inside the last batch, before the checkpoint of that iteration is
+    written (``train.py`` orders the checkpoint callback last), and the
+    iteration of the last run is saved with it: resuming a finished run, or
+    one that reached a shorter ``train.iterations``, does not run (and log)
+    the final evaluation a second time.
     """
 
     def __init__(self, every_n_iterations: int) -> None:
@@ -53,8 +58,12 @@ class EveryNIterations(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if is_due(
-            as_gan_module(pl_module).iteration, self.every_n_iterations, self.last_run_iteration
+        module = as_gan_module(pl_module)
+        if is_due(module.iteration, self.every_n_iterations, self.last_run_iteration) or (
+            module.stop_reason is None  # stopped by a signal: no final run (on_train_end)
+            and module.max_iterations is not None
+            and module.iteration >= module.max_iterations
+            and module.iteration != self.last_run_iteration
         ):
             self._run(trainer, pl_module)
 
@@ -64,6 +73,13 @@ class EveryNIterations(Callback):
             return  # stopped by a signal: the grace period is for saving, not evaluating
         if module.iteration != self.last_run_iteration:
             self._run(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_run_iteration": self.last_run_iteration, "last_metrics": self.last_metrics}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_run_iteration = state_dict["last_run_iteration"]
+        self.last_metrics = dict(state_dict["last_metrics"])
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         module = as_gan_module(pl_module)
