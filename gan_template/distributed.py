@@ -14,11 +14,34 @@ identical; buffers (BatchNorm statistics) stay rank-local, as with
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+
+#: Seconds a collective may wait for the other ranks before the process group
+#: gives up (conf/trainer/ddp*.yaml). torch's default is 30 minutes: a node that
+#: dies mid-run leaves the others blocked in the gradient all-reduce that long.
+#: Must cover the longest stretch in which one rank works alone while the
+#: others wait (a final evaluation on rank 0, a checkpoint on a slow disk).
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def ddp_strategy(timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> Any:
+    """Lightning's ``DDPStrategy`` with its process-group timeout in seconds.
+
+    A config cannot build the ``datetime.timedelta`` Lightning wants (and
+    ``datetime.`` is not an allowed ``_target_`` prefix), hence this factory.
+    Other keyword arguments go to ``DDPStrategy`` unchanged.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if not timeout_s > 0:
+        raise ValueError(f"trainer.strategy.timeout_s must be > 0 seconds, got {timeout_s}")
+    return DDPStrategy(timeout=timedelta(seconds=float(timeout_s)), **kwargs)
 
 
 def disable_reducer(wrapped_model: nn.Module | None) -> bool:

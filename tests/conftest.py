@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -30,12 +30,33 @@ def compose_config(overrides: Sequence[str], run_dir: Path) -> DictConfig:
         return compose("config", overrides=[*overrides, f"paths.run_dir={run_dir}"])
 
 
-@pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
-    def make(*overrides: str, fast: bool = True, run_dir: Path | None = None) -> DictConfig:
-        return compose_config([*(FAST if fast else []), *overrides], run_dir or tmp_path / "run")
+class ConfigMaker:
+    """``make_config(*overrides)``: a composed config whose run directory is ``tmp_path/run``.
 
-    return make
+    A test that starts several fresh runs gives each its own directory
+    (``run_dir=make_config.new_run_dir()``): a fresh run into a directory that
+    already holds one is refused (``train.resolve_checkpoint``).
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.runs = 0
+
+    def __call__(
+        self, *overrides: str, fast: bool = True, run_dir: Path | None = None
+    ) -> DictConfig:
+        return compose_config(
+            [*(FAST if fast else []), *overrides], run_dir or self.tmp_path / "run"
+        )
+
+    def new_run_dir(self) -> Path:
+        self.runs += 1
+        return self.tmp_path / f"run-{self.runs}"
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> ConfigMaker:
+    return ConfigMaker(tmp_path)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,11 @@ from helpers import StepRecorder, run, without_evaluation
 def losses(make_config, *overrides: str) -> torch.Tensor:
     recorder = StepRecorder()
     cfg = make_config(
-        "experiment=ring", "train.iterations=6", "trainer.deterministic=true", *overrides
+        "experiment=ring",
+        "train.iterations=6",
+        "trainer.deterministic=true",
+        *overrides,
+        run_dir=make_config.new_run_dir(),
     )
     run(without_evaluation(cfg), recorder)
     return torch.stack([torch.stack([o["d_loss"], o["g_loss"]]) for o in recorder.outputs])

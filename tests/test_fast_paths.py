@@ -19,7 +19,8 @@ DCGAN = [
 
 def losses(make_config, *overrides: str) -> tuple[torch.Tensor, dict]:
     recorder = StepRecorder()
-    result = run(without_evaluation(make_config(*DCGAN, *overrides)), recorder)
+    cfg = make_config(*DCGAN, *overrides, run_dir=make_config.new_run_dir())
+    result = run(without_evaluation(cfg), recorder)
     trajectory = torch.stack([torch.stack([o["d_loss"], o["g_loss"]]) for o in recorder.outputs])
     return trajectory, result
 
