@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from gan_template.checkpoint_io import CheckpointWriteError, DamagedCheckpointError
 from gan_template.config import register_schema
+from gan_template.distributed import LostRank
 from gan_template.errors import ConfigError, DataError, UserInputError
 from gan_template.skip import TooManySkips
 from gan_template.stopping import STOPPED_EXIT_STATUS, StoppedBySignal
@@ -35,6 +36,7 @@ EXIT_STATUS: dict[type[BaseException], int] = {
     UserInputError: 2,
     TooManySkips: 3,  # training diverged; last.ckpt holds the last good state
     CheckpointWriteError: 4,  # a checkpoint could not be written; earlier ones are intact
+    LostRank: 5,  # another rank died or was unreachable; last.ckpt is intact
     StoppedBySignal: STOPPED_EXIT_STATUS,  # 143: SIGTERM; last.ckpt holds where every rank stopped
 }
 
@@ -55,7 +57,7 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.optimized_metric is None:
             return None
         return objective(result["final_metrics"], cfg.optimized_metric)
-    except (UserInputError, TooManySkips, CheckpointWriteError, StoppedBySignal) as error:
+    except (UserInputError, TooManySkips, CheckpointWriteError, LostRank, StoppedBySignal) as error:
         # The message says what happened and what to do; a traceback would bury it.
         if not isinstance(error, StoppedBySignal):
             print(f"gan_template: error: {error}", file=sys.stderr, flush=True)

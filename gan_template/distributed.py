@@ -88,3 +88,41 @@ def all_reduce_gradients(
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
     return flat[offset:] if extra is not None else None
+
+
+class LostRank(RuntimeError):
+    """A collective failed because another rank died or could not be reached.
+
+    The run cannot go on with fewer ranks (the gradients would no longer
+    match); what was saved stays saved, and the whole group resumes from the
+    last checkpoint. ``__main__`` prints the message without a traceback.
+    """
+
+
+def is_lost_rank(error: BaseException) -> bool:
+    """Whether ``error`` is the process group failing, not the run's own code.
+
+    NCCL and the store raise ``torch.distributed.DistError`` subclasses; gloo
+    raises a plain ``RuntimeError`` whose message names its source file
+    (``gloo/transport/...``: "Connection closed by peer", "Timed out ...").
+    """
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and "gloo" in str(error)
+
+
+def lost_rank(error: BaseException, rank: int, iteration: int, checkpoint: str | None) -> LostRank:
+    """The message for a run whose group broke at ``iteration``: what happened and how to go on."""
+    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    saved = (
+        f"the last checkpoint, {checkpoint}, is intact: once every node is up again, start the "
+        "same command with ckpt_path=last on every node"
+        if checkpoint
+        else "no checkpoint had been written yet: start the run again"
+    )
+    return LostRank(
+        f"rank {rank} lost contact with another rank during iteration {iteration + 1} "
+        f"(a process or node died, or the network failed): {cause}. The run cannot go on "
+        f"with fewer ranks; {saved}. A peer that dies without closing its connections is "
+        "noticed after trainer.strategy.timeout_s seconds."
+    )

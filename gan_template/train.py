@@ -26,6 +26,7 @@ from gan_template.callbacks.checkpoint import IterationCheckpoint
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
 from gan_template.config import validate
+from gan_template.distributed import is_lost_rank, lost_rank
 from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError, UserInputError
 from gan_template.module import GANModule
@@ -314,7 +315,14 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         # The data modules shard per rank themselves (data/sampling.py).
         use_distributed_sampler=False,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except Exception as error:
+        if not is_lost_rank(error):
+            raise
+        raise lost_rank(
+            error, trainer.global_rank, module.iteration, saved_checkpoint(trainer)
+        ) from error
     if module.stop_reason is not None:
         raise stopped_early(trainer, module)
     final_metrics = write_final_metrics(trainer, module, run_dir)
@@ -326,6 +334,16 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         "final_metrics": final_metrics,
         "module": module,
     }
+
+
+def saved_checkpoint(trainer: L.Trainer) -> str | None:
+    """The path of this run's ``last.ckpt`` when one has been written."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, IterationCheckpoint):
+            path = Path(callback.last_path(trainer))
+            if path.is_file():
+                return str(path)
+    return None
 
 
 def stopped_early(trainer: L.Trainer, module: GANModule) -> StoppedBySignal:
