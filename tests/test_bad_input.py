@@ -8,8 +8,11 @@ any data is loaded.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -185,25 +188,46 @@ def make_bad_data(tmp: Path) -> None:
         (corrupt / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
 
 
-@pytest.mark.parametrize(
-    ("overrides", "code", "message"), CASES, ids=[" ".join(c[0]) for c in CASES]
-)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future]]:
+    """Every case's command, started at once on all cores (each is mostly import time).
+
+    The cases are independent processes in directories of their own; running
+    them side by side halves this file's time on two cores. Each test waits
+    for its own case's result.
+    """
+
+    def run(overrides: list[str]) -> tuple[Path, subprocess.CompletedProcess]:
+        tmp = tmp_path_factory.mktemp("case")
+        make_bad_data(tmp)
+        args = [o.replace("{tmp}", str(tmp)) for o in overrides]
+        completed = subprocess.run(
+            [sys.executable, "-m", "gan_template", *args, f"hydra.run.dir={tmp / 'run'}"],
+            cwd=tmp, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        return tmp, completed
+
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+    yield {case_id(case): pool.submit(run, case[0]) for case in CASES}
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def case_id(case: tuple) -> str:
+    return " ".join(case[0])
+
+
+@pytest.mark.parametrize(("overrides", "code", "message"), CASES, ids=[case_id(c) for c in CASES])
 def test_bad_input_stops_early_with_a_clear_message(
-    tmp_path: Path, overrides: list[str], code: int, message: str | list[str]
+    runs: dict[str, Future], overrides: list[str], code: int, message: str | list[str]
 ) -> None:
-    make_bad_data(tmp_path)
-    args = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
-    completed = subprocess.run(
-        [sys.executable, "-m", "gan_template", *args, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    tmp, completed = runs[" ".join(overrides)].result()
     output = completed.stdout + completed.stderr
     assert completed.returncode == code, output[-3000:]
     for expected in message if isinstance(message, list) else [message]:
-        assert expected.replace("{tmp}", str(tmp_path)) in output, output[-3000:]
+        assert expected.replace("{tmp}", str(tmp)) in output, output[-3000:]
     if code == 2:
         assert "Traceback" not in completed.stderr  # one clean message, no stack trace
-    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+    assert not (tmp / "run" / "checkpoints").exists()  # nothing was trained
 
 
 def test_a_few_unreadable_images_are_skipped_with_a_warning_naming_them(tmp_path: Path) -> None:
