@@ -99,16 +99,26 @@ class LostRank(RuntimeError):
     """
 
 
+#: What gloo's errors say when a peer is gone, not when the run's own code is wrong
+#: (a size mismatch in a collective is a bug and keeps its traceback).
+LOST_PEER_SIGNS = ("by peer", "timed out", "Timed out", "Connection refused", "Broken pipe")
+
+
 def is_lost_rank(error: BaseException) -> bool:
     """Whether ``error`` is the process group failing, not the run's own code.
 
     NCCL and the store raise ``torch.distributed.DistError`` subclasses; gloo
     raises a plain ``RuntimeError`` whose message names its source file
-    (``gloo/transport/...``: "Connection closed by peer", "Timed out ...").
+    (``gloo/transport/...``) and says how the connection failed.
     """
     if isinstance(error, dist.DistError):
         return True
-    return isinstance(error, RuntimeError) and "gloo" in str(error)
+    text = str(error)
+    return (
+        isinstance(error, RuntimeError)
+        and "gloo" in text.lower()
+        and any(sign in text for sign in LOST_PEER_SIGNS)
+    )
 
 
 def lost_rank(error: BaseException, rank: int, iteration: int, checkpoint: str | None) -> LostRank:
