@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+
+if TYPE_CHECKING:
+    from lightning.pytorch.strategies import DDPStrategy
 
 #: Seconds a collective may wait for the other ranks before the process group
 #: gives up (conf/trainer/ddp*.yaml). torch's default is 30 minutes: a node that
@@ -30,14 +33,14 @@ from torch.nn.parallel import DistributedDataParallel
 DEFAULT_TIMEOUT_S = 600.0
 
 
-def ddp_strategy(timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> Any:
+def ddp_strategy(timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> DDPStrategy:
     """Lightning's ``DDPStrategy`` with its process-group timeout in seconds.
 
     A config cannot build the ``datetime.timedelta`` Lightning wants (and
     ``datetime.`` is not an allowed ``_target_`` prefix), hence this factory.
     Other keyword arguments go to ``DDPStrategy`` unchanged.
     """
-    from lightning.pytorch.strategies import DDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy  # here: __main__ imports this module
 
     if not timeout_s > 0:
         raise ValueError(f"trainer.strategy.timeout_s must be > 0 seconds, got {timeout_s}")
