@@ -27,6 +27,7 @@ def test_a_run_writes_everything_into_its_run_directory_and_resumes(tmp_path: Pa
         tmp_path, "experiment=ring", "train.iterations=40", *fast, f"hydra.run.dir={first}"
     )
     assert f"Run directory: {first}" in completed.stdout
+    assert "litlogger" not in completed.stdout + completed.stderr  # Lightning's advert, dropped
     for expected in [
         ".hydra/config.yaml",  # the resolved config of the run
         "metrics.csv",
