@@ -13,7 +13,9 @@ identical; buffers (BatchNorm statistics) stay rank-local, as with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import warnings
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +40,52 @@ def ddp_strategy(timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> DDPStra
 
     A config cannot build the ``datetime.timedelta`` Lightning wants (and
     ``datetime.`` is not an allowed ``_target_`` prefix), hence this factory.
-    Other keyword arguments go to ``DDPStrategy`` unchanged.
+    Other keyword arguments go to ``DDPStrategy`` unchanged. The strategy is
+    :class:`gan_template.strategy.RestartableDDPStrategy`: under torchrun it
+    joins the process group through :func:`elastic_store`.
     """
-    from lightning.pytorch.strategies import DDPStrategy  # here: __main__ imports this module
+    from gan_template.strategy import RestartableDDPStrategy  # here: imports Lightning
 
     if not timeout_s > 0:
         raise ValueError(f"trainer.strategy.timeout_s must be > 0 seconds, got {timeout_s}")
-    return DDPStrategy(timeout=timedelta(seconds=float(timeout_s)), **kwargs)
+    return RestartableDDPStrategy(timeout=timedelta(seconds=float(timeout_s)), **kwargs)
+
+
+def elastic_store(timeout: timedelta, environ: Mapping[str, str] = os.environ) -> dist.Store | None:
+    """Under torchrun's shared store, a store of this restart's own for ``init_process_group``.
+
+    Since torch 2.4 the c10d rendezvous shares the agent's ``TCPStore`` with
+    its workers (``TORCHELASTIC_USE_AGENT_STORE=True``), and since 2.5 torch
+    no longer scopes the workers' keys per restart (pytorch#135712, #135957:
+    it meant to start a new server per restart; torch 2.14 keeps the old one).
+    So after ``--max-restarts`` restarts a group, the new rank 0 can read the
+    dead rank 1's gloo address from the first attempt and fail to connect
+    (2 of 2 tries here) unless the new rank 1 happened to overwrite it first.
+    Scoping the keys by ``TORCHELASTIC_RESTART_COUNT`` is what torch did
+    before 2.5. ``None`` outside torchrun or with its store not shared
+    (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``: a fresh store each round).
+    """
+    if environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    address, port = environ.get("MASTER_ADDR"), environ.get("MASTER_PORT")
+    if not address or not port:
+        return None
+    attempt = environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    restarts = int(environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if restarts > 0 and int(environ.get("GROUP_WORLD_SIZE", "1")) > 1:
+        # Each agent counts its own restarts; one that restarts its workers
+        # because another node rejoined does not count it, and the counts part.
+        warnings.warn(
+            "torchrun --max-restarts over several nodes: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+            "in torchrun's environment on every node, so that each restart gets a fresh store "
+            "(with the shared one, nodes whose restart counts differ cannot meet again: "
+            "pytorch#135712)",
+            stacklevel=2,
+        )
+    client = dist.TCPStore(
+        address, int(port), int(environ.get("WORLD_SIZE", "1")), is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"gan_template/attempt_{attempt}", client)
 
 
 def disable_reducer(wrapped_model: nn.Module | None) -> bool:
@@ -93,6 +134,11 @@ def all_reduce_gradients(
     return flat[offset:] if extra is not None else None
 
 
+def _torchrun_restarts_left(environ: Mapping[str, str] = os.environ) -> bool:
+    restarts = int(environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    return restarts > int(environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 class LostRank(RuntimeError):
     """A collective failed because another rank died or could not be reached.
 
@@ -133,6 +179,8 @@ def lost_rank(error: BaseException, rank: int, iteration: int, checkpoint: str |
         if checkpoint
         else "no checkpoint had been written yet: start the run again"
     )
+    if _torchrun_restarts_left():
+        saved += " (torchrun restarts the group by itself: with ckpt_path=auto it resumes there)"
     return LostRank(
         f"rank {rank} lost contact with another rank during iteration {iteration + 1} "
         f"(a process or node died, or the network failed): {cause}. The run cannot go on "

@@ -5,10 +5,12 @@ The end-to-end cases (a node killed, a node stopped) are in ``test_multinode.py`
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import torch.distributed as dist
 
-from gan_template.distributed import ddp_strategy, is_lost_rank, lost_rank
+from gan_template.distributed import ddp_strategy, elastic_store, is_lost_rank, lost_rank
 
 GLOO = "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] "
 
@@ -56,3 +58,52 @@ def test_the_strategy_takes_its_timeout_in_seconds() -> None:
     assert strategy._timeout.total_seconds() == 15  # what Lightning passes to init_process_group
     with pytest.raises(ValueError, match="timeout_s must be > 0"):
         ddp_strategy(timeout_s=0)
+
+
+def test_each_torchrun_restart_sees_only_its_own_keys() -> None:
+    """Under torchrun's shared store, a restarted group must not read the dead group's addresses."""
+    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    torchrun = {
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(agent.port),
+        "WORLD_SIZE": "2",
+        "TORCHELASTIC_MAX_RESTARTS": "1",
+    }
+    timeout = timedelta(seconds=5)
+    first = elastic_store(timeout, {**torchrun, "TORCHELASTIC_RESTART_COUNT": "0"})
+    restarted = elastic_store(timeout, {**torchrun, "TORCHELASTIC_RESTART_COUNT": "1"})
+    assert first is not None and restarted is not None
+    first.set("rank_1", "address of the dead rank 1")
+    assert not restarted.check(["rank_1"])
+    restarted.set("rank_1", "address of the new rank 1")
+    assert first.get("rank_1") == b"address of the dead rank 1"
+    assert restarted.get("rank_1") == b"address of the new rank 1"
+    # Outside torchrun, or with its store not shared, Lightning's own init is used.
+    assert elastic_store(timeout, {}) is None
+    assert elastic_store(timeout, {**torchrun, "TORCHELASTIC_USE_AGENT_STORE": "False"}) is None
+
+
+def test_several_nodes_with_restarts_are_told_to_unshare_the_store() -> None:
+    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    torchrun = {
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(agent.port),
+        "WORLD_SIZE": "2",
+        "GROUP_WORLD_SIZE": "2",
+        "TORCHELASTIC_MAX_RESTARTS": "1",
+    }
+    with pytest.warns(UserWarning, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        elastic_store(timedelta(seconds=5), torchrun)
+
+
+def test_under_torchrun_with_restarts_left_the_message_says_it_restarts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    error = RuntimeError(GLOO + "Connection closed by peer [127.0.0.1]:28570")
+    assert "torchrun restarts the group" in str(lost_rank(error, 0, 5, "/r/last.ckpt"))
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the last restart is spent
+    assert "torchrun restarts the group" not in str(lost_rank(error, 0, 5, "/r/last.ckpt"))

@@ -3,10 +3,9 @@
 Each agent starts one CPU rank (gloo); both get the same ``hydra.run.dir``, as
 on a shared filesystem. Two nodes train, a resume with ``ckpt_path=last``
 continues on both; when one node dies, the other stops in seconds with a
-message, not a traceback or a hang. Not covered: a group that ``torchrun
---max-restarts`` restarts did not connect again here (gloo: connection
-refused), so restarts are not offered. Marked slow (about 2 minutes); CI runs
-it.
+message, not a traceback or a hang; and ``torchrun --max-restarts`` restarts
+a group that lost a rank, which resumes from ``last.ckpt`` by itself. Marked
+slow (about 4 minutes); CI runs it.
 """
 
 from __future__ import annotations
@@ -132,3 +131,55 @@ def test_when_a_node_fails_the_other_stops_with_a_message(
     assert "RuntimeError: [" not in output  # gloo's error is in the message, not a traceback
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["gan_template"]["iteration"] >= 20
+
+
+def local_rank(pid: int) -> int:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(v for v in environ if v.startswith(b"LOCAL_RANK=")).split(b"=")[1])
+
+
+@pytest.mark.parametrize("killed", [0, 1], ids=["rank0-killed", "rank1-killed"])
+def test_torchrun_restarts_the_group_and_it_resumes_from_the_last_checkpoint(
+    tmp_path: Path, killed: int
+) -> None:
+    """The README's ``--max-restarts`` command: kill one rank, the group resumes and finishes.
+
+    Before ``gan_template.distributed.elastic_store`` the restarted rank 0
+    read the dead rank's address from the first attempt (connection refused).
+    """
+    run_dir = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun), "--nnodes=1", "--nproc-per-node=2", "--max-restarts=1",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "-m", "gan_template", "trainer=ddp_multinode", "trainer.num_nodes=1",
+        "trainer.accelerator=cpu", "trainer.devices=2", "experiment=ring",
+        "trainer.enable_progress_bar=false", "callbacks.toy_eval.every_n_iterations=0",
+        "callbacks.checkpoint.every_n_iterations=20", "train.iterations=240", "ckpt_path=auto",
+        f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    agent = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            assert time.monotonic() < deadline and agent.poll() is None, "training never started"
+            time.sleep(0.2)
+        first = {local_rank(pid): pid for pid in workers(agent)}
+        assert sorted(first) == [0, 1]
+        os.kill(first[killed], signal.SIGKILL)
+        output, _ = agent.communicate(timeout=300)
+    finally:
+        if agent.poll() is None:
+            for pid in workers(agent):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            os.killpg(agent.pid, signal.SIGKILL)
+    assert agent.returncode == 0, output[-4000:]
+    assert "Restored all states from the checkpoint" in output, output[-4000:]
+    assert "Connection refused" not in output
+    assert json.loads((run_dir / "final_metrics.json").read_text())["iteration"] == 240
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["gan_template"]["iteration"] == 240

@@ -1,0 +1,34 @@
+"""Lightning's DDP strategy, joined so that torchrun's restarts can meet again."""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from lightning.pytorch.strategies import DDPStrategy
+from torch.distributed.constants import default_pg_timeout
+
+from gan_template.distributed import elastic_store
+
+
+class RestartableDDPStrategy(DDPStrategy):
+    """``DDPStrategy`` whose process group, under torchrun, uses :func:`elastic_store`.
+
+    Everything else is Lightning's: its ``setup_distributed`` sets the ranks
+    and finds the group already made (it skips ``init_process_group`` then).
+    """
+
+    def setup_distributed(self) -> None:
+        assert self.cluster_environment is not None
+        timeout = self._timeout or default_pg_timeout
+        store = None if dist.is_initialized() else elastic_store(timeout)
+        if store is not None:
+            self.set_world_ranks()
+            device_id = self.root_device if self.root_device.type != "cpu" else None
+            dist.init_process_group(
+                self._get_process_group_backend(),
+                store=store,
+                rank=self.global_rank,
+                world_size=self.world_size,
+                timeout=timeout,
+                device_id=device_id,
+            )
+        super().setup_distributed()
