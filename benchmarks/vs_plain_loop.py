@@ -65,6 +65,15 @@ RECIPES = {
     "toy": ["experiment=ring", "data.batch_size=256", "model.discriminator.pack=1"],
     "dcgan32": ["experiment=dcgan", "data.resolution=32", "data.batch_size=64"],
     "dcgan64": ["experiment=dcgan", "data.resolution=64", "data.batch_size=128"],
+    # experiment=sngan's networks and n_critic (digits 16 px) under the non-saturating loss
+    # the plain loop implements, so that both run one algorithm.
+    "resnet16": [
+        "experiment=dcgan",
+        "model=resnet",
+        "model.generator.width=64",
+        "model.discriminator.width=64",
+        "train.n_critic=5",
+    ],
     # The networks of Lightning's GAN example, on digits at 32 px, as in that example.
     "mlp32": [
         "experiment=dcgan",

@@ -72,8 +72,9 @@ def replay(gan: Any, inputs: TemplateInputs) -> dict[str, torch.Tensor]:
         ("toy", []),
         ("toy", ["train.n_critic=3"]),
         ("dcgan32", ["data.batch_size=8"]),
+        ("resnet16", ["data.batch_size=8"]),
     ],
-    ids=["toy", "toy-n_critic-3", "dcgan32"],
+    ids=["toy", "toy-n_critic-3", "dcgan32", "resnet16"],
 )
 def test_plain_loop_makes_the_templates_updates(
     tmp_path: Path, recipe: str, extra: list[str]
