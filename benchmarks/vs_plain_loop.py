@@ -542,28 +542,33 @@ def main() -> None:
     median = {k: statistics.median(r["median_s"] for r in v) for k, v in results.items()}
     # Ratios of runs made side by side, then their median: robust to the
     # machine's load drifting between repeats.
-    paired = {
-        kind: statistics.median(
+    pairs = {
+        kind: [
             a["median_s"] / b["median_s"]
             for a, b in zip(results[kind], results["plain"], strict=True)
-        )
+        ]
         for kind in kinds
     }
+    paired = {kind: statistics.median(ratios) for kind, ratios in pairs.items()}
     peak = {k: statistics.median(r["peak_mib"] for r in v) for k, v in results.items()}
     print(
         f"recipe={args.recipe} device={args.device} precision={args.precision} "
         f"repeats={args.repeats} overrides={args.overrides}"
     )
     per_iteration = results["plain"][0]["samples_per_iteration"]
-    print(f"{'':<10} {'ms / iteration':>15} {'samples / s':>12} {'s / kimg':>9} {'peak MiB':>10} {'time / plain':>13} {'memory / plain':>15} {'syncs / it':>11} {'(mean)':>7}")  # fmt: skip
+    print(f"{'':<10} {'ms / iteration':>15} {'samples / s':>12} {'s / kimg':>9} {'peak MiB':>10} {'time / plain':>13} {'memory / plain':>15} {'syncs / it':>11} {'(mean)':>7} {'paired ratios min-max':>22}")  # fmt: skip
     for kind in kinds:
         print(
             f"{kind:<10} {1000 * median[kind]:>15.3f} {per_iteration / median[kind]:>12.0f} "
             f"{1000 * median[kind] / per_iteration:>9.3f} "
             f"{peak[kind]:>10.1f} {paired[kind]:>12.3f}x {peak[kind] / peak['plain']:>14.3f}x "
-            f"{syncs[kind]['syncs_median']:>11.0f} {syncs[kind]['syncs_mean']:>7.2f}"
+            f"{syncs[kind]['syncs_median']:>11.0f} {syncs[kind]['syncs_mean']:>7.2f} "
+            f"{min(pairs[kind]):>14.3f}-{max(pairs[kind]):.3f}"
         )
-    print("time / plain: median over repeats of (this run / the plain run next to it)")
+    print(
+        "time / plain: median over repeats of (this run / the plain run next to it); "
+        "the last column: the smallest and largest of those ratios (the spread)"
+    )
     print(
         f"syncs / it: host reads of device values per iteration (median, and mean with the "
         f"logging iterations), from one extra counted run of {SYNC_ITERATIONS} iterations"
