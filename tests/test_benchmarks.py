@@ -140,6 +140,7 @@ def test_fast_paths_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # four DDP runs of two processes each, about 45 s
 def test_ddp_cost_runs(tmp_path: Path) -> None:
     ddp = benchmark(tmp_path, "ddp_cost", *SMALL)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

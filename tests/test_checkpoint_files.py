@@ -39,6 +39,7 @@ def gan_template(run_dir: Path, *overrides: str) -> list[str]:
             f"hydra.run.dir={run_dir}"]  # fmt: skip
 
 
+@pytest.mark.slow  # a study: 4 kills at random moments, about 40 s
 def test_kills_at_random_moments_of_saving_never_leave_an_unloadable_checkpoint(
     tmp_path: Path,
 ) -> None:

@@ -6,6 +6,7 @@ import resource
 from typing import Any
 
 import lightning as L
+import pytest
 from helpers import run, without_evaluation
 from lightning.pytorch.callbacks import Callback
 
@@ -36,6 +37,7 @@ class MemoryProbe(Callback):
             self.peak_after = max(self.peak_after, rss)
 
 
+@pytest.mark.slow  # a study of 2,000 iterations; test_memory.py checks what a step keeps
 def test_resident_memory_grows_less_than_2_percent_over_2000_iterations(make_config) -> None:
     probe = MemoryProbe(warmup=300)
     # Logging every 10 iterations and skips every 100 exercise those paths too.
