@@ -60,8 +60,8 @@ def test_the_strategy_takes_its_timeout_in_seconds() -> None:
         ddp_strategy(timeout_s=0)
 
 
-def test_each_torchrun_restart_sees_only_its_own_keys() -> None:
-    """Under torchrun's shared store, a restarted group must not read the dead group's addresses."""
+def agent_store(**environ: str) -> tuple[dist.TCPStore, dict[str, str]]:
+    """A store like torchrun's agent hosts, and the environment its workers get for it."""
     agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     torchrun = {
         "TORCHELASTIC_USE_AGENT_STORE": "True",
@@ -69,7 +69,14 @@ def test_each_torchrun_restart_sees_only_its_own_keys() -> None:
         "MASTER_PORT": str(agent.port),
         "WORLD_SIZE": "2",
         "TORCHELASTIC_MAX_RESTARTS": "1",
+        **environ,
     }
+    return agent, torchrun
+
+
+def test_each_torchrun_restart_sees_only_its_own_keys() -> None:
+    """Under torchrun's shared store, a restarted group must not read the dead group's addresses."""
+    _agent, torchrun = agent_store()  # held: the server lives as long as the object
     timeout = timedelta(seconds=5)
     first = elastic_store(timeout, {**torchrun, "TORCHELASTIC_RESTART_COUNT": "0"})
     restarted = elastic_store(timeout, {**torchrun, "TORCHELASTIC_RESTART_COUNT": "1"})
@@ -85,15 +92,7 @@ def test_each_torchrun_restart_sees_only_its_own_keys() -> None:
 
 
 def test_several_nodes_with_restarts_are_told_to_unshare_the_store() -> None:
-    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    torchrun = {
-        "TORCHELASTIC_USE_AGENT_STORE": "True",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(agent.port),
-        "WORLD_SIZE": "2",
-        "GROUP_WORLD_SIZE": "2",
-        "TORCHELASTIC_MAX_RESTARTS": "1",
-    }
+    _agent, torchrun = agent_store(GROUP_WORLD_SIZE="2")
     with pytest.warns(UserWarning, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
         elastic_store(timedelta(seconds=5), torchrun)
 
