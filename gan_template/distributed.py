@@ -59,8 +59,9 @@ def elastic_store(timeout: timedelta, environ: Mapping[str, str] = os.environ) -
     no longer scopes the workers' keys per restart (pytorch#135712, #135957:
     it meant to start a new server per restart; torch 2.14 keeps the old one).
     So after ``--max-restarts`` restarts a group, the new rank 0 can read the
-    dead rank 1's gloo address from the first attempt and fail to connect
-    (2 of 2 tries here) unless the new rank 1 happened to overwrite it first.
+    dead rank 1's gloo address from the first attempt and fail to connect,
+    unless the new rank 1 happened to overwrite it first (README: "Restarting
+    by itself").
     Scoping the keys by ``TORCHELASTIC_RESTART_COUNT`` is what torch did
     before 2.5. ``None`` outside torchrun or with its store not shared
     (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``: a fresh store each round).

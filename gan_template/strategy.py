@@ -17,7 +17,6 @@ class RestartableDDPStrategy(DDPStrategy):
     """
 
     def setup_distributed(self) -> None:
-        assert self.cluster_environment is not None
         timeout = self._timeout or default_pg_timeout
         store = None if dist.is_initialized() else elastic_store(timeout)
         if store is not None:

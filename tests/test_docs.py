@@ -82,20 +82,20 @@ def test_the_examples_are_lint_clean(project_with_examples: Path) -> None:
 def test_every_command_of_the_page_runs(project_with_examples: Path) -> None:
     _, commands = doc_blocks()
     env = {**os.environ, "PYTHONPATH": str(project_with_examples)}
+    run_dirs = [project_with_examples / "runs" / str(index) for index in range(len(commands))]
 
-    def run_command(index: int, command: str) -> subprocess.CompletedProcess:
+    def run_command(command: str, run_dir: Path) -> subprocess.CompletedProcess:
         argv = [sys.executable, *shlex.split(command)[1:]]
         if command.startswith("python -m gan_template"):
-            argv += [*FAST, f"hydra.run.dir={project_with_examples / 'runs' / str(index)}"]
+            argv += [*FAST, f"hydra.run.dir={run_dir}"]
         return subprocess.run(
             argv, cwd=project_with_examples, env=env, capture_output=True, text=True, timeout=600
         )
 
     # Two at a time: the commands are independent, and most of each is Python's start-up.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(run_command, range(len(commands)), commands))
-    for index, (command, result) in enumerate(zip(commands, results, strict=True)):
-        run_dir = project_with_examples / "runs" / str(index)
+        results = list(pool.map(run_command, commands, run_dirs))
+    for command, run_dir, result in zip(commands, run_dirs, results, strict=True):
         assert result.returncode == 0, (
             f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         )
