@@ -11,11 +11,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gan_template.checkpoint_io import CheckpointWriteError, DamagedCheckpointError
-from gan_template.config import register_schema
-from gan_template.distributed import LostRank
-from gan_template.errors import ConfigError, DataError, UserInputError
-from gan_template.skip import TooManySkips
+# Only what every start needs (`--help`, `--cfg job`, a config Hydra refuses): torch and
+# Lightning are imported by train(), after Hydra has parsed the command line.
+from gan_template.errors import (
+    CheckpointWriteError,
+    LostRank,
+    TooManySkips,
+    UserInputError,
+)
+from gan_template.schema import register_schema
 from gan_template.stopping import STOPPED_EXIT_STATUS, StoppedBySignal
 from gan_template.sweep import (
     become_the_parent_job,
@@ -30,10 +34,7 @@ register_schema()  # before Hydra composes: conf/config.yaml starts from it
 
 #: Exit statuses besides 0 (done) and 1 (Hydra's composition errors, or a bug).
 EXIT_STATUS: dict[type[BaseException], int] = {
-    ConfigError: 2,  # a setting is wrong
-    DataError: 2,  # the data is missing or unreadable
-    DamagedCheckpointError: 2,  # the checkpoint to resume from cannot be read
-    UserInputError: 2,
+    UserInputError: 2,  # a setting, the data, or the checkpoint to resume from is wrong
     TooManySkips: 3,  # training diverged; last.ckpt holds the last good state
     CheckpointWriteError: 4,  # a checkpoint could not be written; earlier ones are intact
     LostRank: 5,  # another rank died or was unreachable; last.ckpt is intact
@@ -44,11 +45,14 @@ EXIT_STATUS: dict[type[BaseException], int] = {
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train; returns ``optimized_metric``'s final value when set (what sweepers minimize)."""
-    from gan_template.train import train  # after Hydra parsed the command line: fast --help
-
-    _route_lightning_logs_through_hydra()
     hydra_config = HydraConfig.get()
     try:
+        from gan_template.config import validate
+
+        validate(cfg)  # before Lightning is imported: a refused config exits within seconds
+        from gan_template.train import train  # imports Lightning
+
+        _route_lightning_logs_through_hydra()
         if hydra_config.mode == RunMode.MULTIRUN:
             with ranks_run_this_job(list(hydra_config.overrides.task), Path(cfg.paths.run_dir)):
                 result = train(cfg)

@@ -26,15 +26,7 @@ from typing import IO, Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from gan_template.errors import UserInputError
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; every earlier checkpoint is intact."""
-
-
-class DamagedCheckpointError(UserInputError):
-    """A checkpoint file to resume from cannot be read."""
+from gan_template.errors import CheckpointWriteError, DamagedCheckpointError
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:

@@ -2,8 +2,8 @@
 
 Two layers, both before any data is loaded:
 
-1. **Structure and types.** :class:`RunConfig` is registered in Hydra's
-   ConfigStore as ``schema`` and is the first entry of ``conf/config.yaml``'s
+1. **Structure and types.** :class:`~gan_template.schema.RunConfig` is registered
+   in Hydra's ConfigStore as ``schema`` and is the first entry of ``conf/config.yaml``'s
    defaults, so Hydra refuses an unknown key (``trian.iterations=5``) or a
    value of the wrong type (``train.iterations=many``) while composing.
 2. **Values and targets.** :func:`validate` checks what neither Hydra nor the
@@ -28,70 +28,22 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING as NO_DEFAULT
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from torch import nn
 
 from gan_template.errors import ConfigError
 from gan_template.schedule import Schedule, StepSchedule
+from gan_template.schema import RunConfig
 from gan_template.skip import SkipRule
-from gan_template.update import Updates
 
 #: Packages whose callables a config may instantiate, besides ``extra_target_prefixes``.
 ALLOWED_TARGET_PREFIXES = ("gan_template.", "torch.", "torchvision.", "torchmetrics.", "lightning.")
-
-
-# The schema gives each key its type, and nothing else: defaults and what each key
-# means live once, in conf/ (config.yaml and the group files), and ranges in validate().
-
-
-@dataclass
-class TrainConfig:
-    iterations: int = MISSING
-    n_critic: int = MISSING
-    compile: bool = MISSING
-    channels_last: bool = MISSING
-    diagnostics: str = MISSING  # one of GANModule's (checked against its Literal)
-
-
-@dataclass
-class PathsConfig:
-    run_dir: str = MISSING
-
-
-@dataclass
-class RunConfig:
-    # Groups whose keys depend on their _target_ (checked against its signature by validate()).
-    data: Any = MISSING
-    model: Any = MISSING
-    optim: Any = MISSING
-    trainer: Any = MISSING
-    logger: Any = None
-    callbacks: Any = None
-    # Parts of the module, each a _target_ node (null where the part is optional).
-    loss: Any = MISSING  # gan_template.losses.*
-    penalty: Any = None  # gan_template.penalties.*, or null (penalty=none)
-    skip: Any = MISSING  # gan_template.skip.SkipRule
-    augment: Any = None  # gan_template.augment.DiffAugment, or null (augment=none)
-    ema: Any = None  # gan_template.ema.GeneratorEMA (a partial), or null (ema=none)
-    module: Any = MISSING  # gan_template.module.GANModule: the parts above, wired
-    # Sections with a fixed shape.
-    train: TrainConfig = field(default_factory=TrainConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    seed: int = MISSING
-    ckpt_path: str | None = MISSING
-    optimized_metric: str | None = MISSING
-    extra_target_prefixes: list[str] = MISSING
-
-
-def register_schema() -> None:
-    ConfigStore.instance().store(name="schema", node=RunConfig)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -128,8 +80,10 @@ def validate(cfg: DictConfig) -> None:
                 + f"; choose an option of conf/{section}/ ({section}=<option>) or give a _target_"
             )
     allowed = (*ALLOWED_TARGET_PREFIXES, *cfg.get("extra_target_prefixes", []))
-    for key, node in _target_nodes(cfg):
-        problems += _check_target(key, node, allowed)
+    targets = _target_nodes(cfg)
+    for key, node in targets:
+        if _section(key) not in HARNESS_SECTIONS:
+            problems += _check_target(key, node, allowed)
     if problems:
         raise invalid_config(problems)
 
@@ -210,9 +164,28 @@ def validate(cfg: DictConfig) -> None:
         )
     channels = cfg.data.get("channels")
     need(channels is None or channels in (1, 3), "data.channels", "must be 1 (grey) or 3 (RGB)")
+    clip_norm = cfg.optim.get("gradient_clip_norm")
+    if clip_norm is not None:  # its owner's module imports Lightning: only when it is set
+        from gan_template.update import Updates
 
+        try:
+            Updates(SkipRule(0), clip_norm)
+        except ValueError as error:
+            problems.append(f"optim.{error}")
     if problems:
         raise invalid_config(problems)
+
+    # Last, the harness's own objects: their modules import Lightning (seconds), which a
+    # config refused above never pays for.
+    for key, node in targets:
+        if _section(key) in HARNESS_SECTIONS:
+            problems += _check_target(key, node, allowed)
+    if problems:
+        raise invalid_config(problems)
+
+
+def _section(key: str) -> str:
+    return key.split(".", 1)[0].split("[", 1)[0]
 
 
 def _values(node: Any) -> tuple[float, ...]:
@@ -234,7 +207,6 @@ def invalid_config(problems: list[str]) -> ConfigError:
 #: Settings passed on to a constructor that checks them (its message names the argument).
 SETTINGS_CHECKED_BY_THEIR_OWNER: dict[str, Callable[[Any], object]] = {
     "train.n_critic": lambda value: StepSchedule(n_critic=value),
-    "optim.gradient_clip_norm": lambda value: Updates(SkipRule(0), value),
 }
 
 #: Trainer arguments this template replaces, and with what (Lightning raises for the first
@@ -249,6 +221,10 @@ TRAINER_SETTINGS_REPLACED = {
     "count every optimizer step); set train.iterations instead",
     "max_epochs": "the run length is train.iterations; set train.iterations instead",
 }
+
+#: Sections whose objects are the harness's (Lightning's Trainer, data modules, callbacks,
+#: loggers, the LightningModule): their ``_target_`` nodes are checked after everything else.
+HARNESS_SECTIONS = ("data", "trainer", "logger", "callbacks", "module")
 
 #: Sections that are one ``_target_`` node each.
 PART_SECTIONS = ("loss", "penalty", "skip", "augment", "ema", "module")

@@ -24,6 +24,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gan_template.errors import LostRank
+
 if TYPE_CHECKING:
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -138,15 +140,6 @@ def all_reduce_gradients(
 def _torchrun_restarts_left(environ: Mapping[str, str] = os.environ) -> bool:
     restarts = int(environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
     return restarts > int(environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-
-
-class LostRank(RuntimeError):
-    """A collective failed because another rank died or could not be reached.
-
-    The run cannot go on with fewer ranks (the gradients would no longer
-    match); what was saved stays saved, and the whole group resumes from the
-    last checkpoint. ``__main__`` prints the message without a traceback.
-    """
 
 
 #: What gloo's errors say when a peer is gone, not when the run's own code is wrong

@@ -1,7 +1,9 @@
-"""Errors that mean "the input is wrong", not "the code is wrong".
+"""The errors ``python -m gan_template`` reports as one clean message, and their exit statuses.
 
-``python -m gan_template`` prints them as one clean message (no traceback) and
-exits with status 2; each names the setting at fault and how to fix it.
+Each names what is wrong and how to fix it; ``__main__`` prints it without a
+traceback and exits with the status ``__main__.EXIT_STATUS`` gives its class.
+They live here, apart from the code that raises them, so that the entry point
+can name them without importing torch or Lightning (``--help`` stays fast).
 """
 
 from __future__ import annotations
@@ -17,3 +19,24 @@ class ConfigError(UserInputError, ValueError):
 
 class DataError(UserInputError, FileNotFoundError):
     """The data a config points at is missing, empty or unreadable."""
+
+
+class DamagedCheckpointError(UserInputError):
+    """A checkpoint file to resume from cannot be read."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; every earlier checkpoint is intact."""
+
+
+class TooManySkips(RuntimeError):
+    """Raised when ``max_consecutive`` iterations in a row were skipped."""
+
+
+class LostRank(RuntimeError):
+    """A collective failed because another rank died or could not be reached.
+
+    The run cannot go on with fewer ranks (the gradients would no longer
+    match); what was saved stays saved, and the whole group resumes from the
+    last checkpoint.
+    """

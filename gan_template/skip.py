@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gan_template.errors import UserInputError
+from gan_template.errors import TooManySkips, UserInputError
 
 #: Built-in reasons an update is flagged. The first is read from the loss before
 #: the backward, the last from the gradients after it; the predicate's reason
@@ -49,10 +49,6 @@ SkipPredicate = Callable[[Mapping[str, Tensor], int], "bool | Tensor"]
 
 class SkipPredicateError(UserInputError):
     """The user's skip predicate raised: names it, the iteration and where it failed."""
-
-
-class TooManySkips(RuntimeError):
-    """Raised when ``max_consecutive`` iterations in a row were skipped."""
 
 
 class SkipRule:

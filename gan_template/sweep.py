@@ -26,11 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch.distributed
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gan_template.callbacks.periodic import FINAL_METRICS
 from gan_template.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,6 +65,8 @@ def ranks_run_this_job(overrides: list[str], run_dir: Path) -> Iterator[None]:
     try:
         yield
     finally:
+        import torch.distributed  # here, not at start-up: `--help` imports this module
+
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         for name, value in saved.items():
@@ -123,6 +123,8 @@ def write_summary(sweep_dir: Path) -> None:
 
 def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job folder of ``sweep_dir``: job, overrides, status and final metrics."""
+    from gan_template.callbacks.periodic import FINAL_METRICS  # not at start-up: imports Lightning
+
     rows = []
     jobs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
     for job_dir in sorted(jobs, key=lambda p: (len(p.name), p.name)):

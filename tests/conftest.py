@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -64,3 +65,25 @@ def _quiet_and_single_threaded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONWARNINGS", "ignore")
     warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One short run of the default recipe (DCGAN on the digits), shared by the session.
+
+    For the tests that need *a* trained run (its checkpoint, sample grids, latent
+    walks, evaluation networks), not a good one: those read it and must not
+    change it. The recipe's quality bar is a ``slow`` study (test_image_quality.py).
+    """
+    from helpers import run
+
+    run_dir = tmp_path_factory.mktemp("digits_run")
+    overrides = [
+        *FAST,
+        "train.iterations=60",
+        "trainer.log_every_n_steps=20",
+        "callbacks.sample_grid.every_n_iterations=30",
+        "callbacks.image_eval.every_n_iterations=0",  # once, at the end
+    ]
+    cfg = compose_config(overrides, run_dir)
+    return run(cfg) | {"cfg": cfg}

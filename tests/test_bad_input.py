@@ -1,9 +1,10 @@
 """Bad configs and bad data: each stops early with a message naming the problem and the fix.
 
-Every case runs the real command line. Mistakes Hydra catches while composing
-(unknown keys, wrong types) exit with Hydra's status 1; everything the
-template checks exits with status 2 and a one-line-per-problem message, before
-any data is loaded.
+Mistakes Hydra catches while composing (unknown keys, wrong types) exit with
+Hydra's status 1; everything the template checks exits with status 2 and a
+one-line-per-problem message, before any data is loaded. Each way out of the
+program runs the real command line once; every message is checked in-process
+(the same ``train`` the command calls), which costs no Python start-up.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import compose_config
+from helpers import run
 from PIL import Image
 
 PLUS_KEYS = [
@@ -188,14 +191,38 @@ def make_bad_data(tmp: Path) -> None:
         (corrupt / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
 
 
+def case_id(case: tuple) -> str:
+    return " ".join(case[0])
+
+
+def expected_fragments(message: str | list[str], tmp: Path) -> list[str]:
+    return [
+        m.replace("{tmp}", str(tmp)) for m in (message if isinstance(message, list) else [message])
+    ]
+
+
+#: The command line's own subject: each path by which a bad input leaves the program, once.
+#: Hydra's composition errors (status 1, before any of our code runs); a value refused before
+#: Lightning is imported; a harness object's key (refused after it is); data that is missing
+#: (found while the data is set up); a checkpoint that does not exist. Every message of CASES
+#: is also asserted in-process below.
+CLI_CASES = [case for case in CASES if case[1] == 1] + [
+    case
+    for case in CASES
+    if case[0]
+    in (
+        ["train.iterations=0"],
+        ["+model.generator.widht=8"],
+        PLUS_KEYS,  # callbacks and logger: harness sections
+        ["data=folder", "data.root={tmp}/corrupt"],
+        ["ckpt_path=missing.ckpt"],
+    )
+]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future]]:
-    """Every case's command, started at once on all cores (each is mostly import time).
-
-    The cases are independent processes in directories of their own; running
-    them side by side halves this file's time on two cores. Each test waits
-    for its own case's result.
-    """
+    """Every command-line case, started at once on all cores (each is mostly import time)."""
 
     def run(overrides: list[str]) -> tuple[Path, subprocess.CompletedProcess]:
         tmp = tmp_path_factory.mktemp("case")
@@ -208,26 +235,47 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future]
         return tmp, completed
 
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
-    yield {case_id(case): pool.submit(run, case[0]) for case in CASES}
+    yield {case_id(case): pool.submit(run, case[0]) for case in CLI_CASES}
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def case_id(case: tuple) -> str:
-    return " ".join(case[0])
-
-
-@pytest.mark.parametrize(("overrides", "code", "message"), CASES, ids=[case_id(c) for c in CASES])
-def test_bad_input_stops_early_with_a_clear_message(
+@pytest.mark.parametrize(
+    ("overrides", "code", "message"), CLI_CASES, ids=[case_id(c) for c in CLI_CASES]
+)
+def test_the_command_line_stops_early_with_a_clear_message_and_its_exit_status(
     runs: dict[str, Future], overrides: list[str], code: int, message: str | list[str]
 ) -> None:
-    tmp, completed = runs[" ".join(overrides)].result()
+    tmp, completed = runs[case_id((overrides,))].result()
     output = completed.stdout + completed.stderr
     assert completed.returncode == code, output[-3000:]
-    for expected in message if isinstance(message, list) else [message]:
-        assert expected.replace("{tmp}", str(tmp)) in output, output[-3000:]
+    for expected in expected_fragments(message, tmp):
+        assert expected in output, output[-3000:]
     if code == 2:
         assert "Traceback" not in completed.stderr  # one clean message, no stack trace
     assert not (tmp / "run" / "checkpoints").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code", "message"),
+    [case for case in CASES if case[1] == 2],
+    ids=[case_id(c) for c in CASES if c[1] == 2],
+)
+def test_bad_input_is_refused_before_training_with_a_message_naming_key_and_fix(
+    tmp_path: Path, overrides: list[str], code: int, message: str | list[str]
+) -> None:
+    """What ``python -m gan_template`` does with these overrides, in this process: ``train``
+    raises the error whose message the command prints (exit status 2, checked above)."""
+    from gan_template.__main__ import exit_status
+    from gan_template.errors import UserInputError
+
+    make_bad_data(tmp_path)
+    cfg = compose_config([o.replace("{tmp}", str(tmp_path)) for o in overrides], tmp_path / "run")
+    with pytest.raises(UserInputError) as refused:
+        run(cfg)
+    assert exit_status(refused.value) == code
+    for expected in expected_fragments(message, tmp_path):
+        assert expected in str(refused.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
 
 
 def test_a_few_unreadable_images_are_skipped_with_a_warning_naming_them(tmp_path: Path) -> None:

@@ -155,3 +155,31 @@ def test_sampling_cli_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> 
         main(["--help"])
     assert exited.value.code == 0
     assert "--no-ema" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "heavy"),
+    [
+        (["--help"], 0, {"torch", "lightning", "torchvision", "torchmetrics"}),
+        (["--cfg", "job"], 0, {"torch", "lightning", "torchvision", "torchmetrics"}),
+        (["trian.iterations=5"], 1, {"torch", "lightning", "torchvision", "torchmetrics"}),
+        (["train.iterations=0"], 2, {"lightning", "torchvision", "torchmetrics"}),
+    ],
+    ids=["help", "cfg-job", "hydra-refuses", "validate-refuses"],
+)
+def test_the_command_line_imports_no_more_than_it_needs(
+    tmp_path: Path, args: list[str], code: int, heavy: set[str]
+) -> None:
+    """``--help`` and a refused config answer in about a second, not Lightning's import time."""
+    completed = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "gan_template", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == code, completed.stderr[-3000:]
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in completed.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "hydra" in imported  # the listing is real
+    assert not heavy & imported, sorted(heavy & imported)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from gan_template.sweep import FINAL_METRICS
+from gan_template.callbacks.periodic import FINAL_METRICS
 
 RING = [
     "experiment=ring",
