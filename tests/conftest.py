@@ -73,7 +73,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     For the tests that need *a* trained run (its checkpoint, sample grids, latent
     walks, evaluation networks), not a good one: those read it and must not
-    change it. The recipe's quality bar is a ``slow`` study (test_image_quality.py).
+    change it. The recipe's quality bar is a ``quality`` study (test_image_quality.py).
     """
     from helpers import run
 

@@ -75,8 +75,8 @@ def syncs_of_quiet_iterations(make_config, *overrides: str) -> list[int]:
         ["experiment=ring", *PREDICATE],
         ["experiment=ring", "train.n_critic=5", *PREDICATE],
         ["experiment=ring", "skip.inject_nonfinite_at=[3,7]"],  # skipped iterations too
-        ["experiment=dcgan", "data.resolution=16"],  # BatchNorm buffers
-        ["experiment=wgan_gp", "data.resolution=16", "optim.gradient_clip_norm=1.0"],
+        ["experiment=dcgan", "data.resolution=8"],  # BatchNorm buffers
+        ["experiment=wgan_gp", "data.resolution=8", "optim.gradient_clip_norm=1.0"],
     ],
     ids=["ring", "n_critic5", "predicate", "n_critic5+predicate", "skips", "dcgan", "wgan_gp+clip"],
 )

@@ -5,7 +5,7 @@ serves the files a run writes and the evaluation networks. The metrics are
 checked against a generator that draws real held-out images: an untrained
 generator and a collapsed one (one image for every z) must score worse on
 every metric. Whether the recipe itself reaches that league in 1,500
-iterations is a ``slow`` study.
+iterations is a ``quality`` study (the nightly workflow).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def test_real_images_beat_untrained_and_collapsed_generators_on_every_metric(
     assert_good_beats_untrained_and_collapsed(scores)
 
 
-@pytest.mark.slow
+@pytest.mark.quality
 @torch.no_grad()
 def test_the_default_recipe_trained_1500_iterations_beats_untrained_and_collapsed(
     default_run: dict,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 COMMON = [
     "experiment=ring",
@@ -101,3 +105,40 @@ def test_submitits_preemption_signal_is_noted_then_handed_to_the_handler_it_repl
         assert received == [signal.SIGUSR2]  # once
     finally:
         signal.signal(signal.SIGUSR2, before)
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers_still_saves(tmp_path: Path) -> None:
+    """SLURM's scancel and time limit signal every process of the job, loader workers too.
+
+    A worker that dies of the signal before the main process has saved makes the
+    DataLoader raise ("worker killed by signal") and the run would end with no
+    checkpoint; the workers leave the stop signal to the main process instead.
+    """
+    images = tmp_path / "images" / "all"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(64):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gan_template", "data=folder", f"data.root={images.parent}", "data.resolution=8",
+         "data.num_workers=2", "data.batch_size=8", "callbacks=default", "train.iterations=1000000",
+         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # a process group of its own, as a batch job has
+    )  # fmt: skip
+    try:
+        metrics = run_dir / "metrics.csv"
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.stat().st_size > 0):
+            assert process.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)  # the main process and both workers
+        output, _ = process.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert process.returncode == 143, output[-3000:]
+    assert "killed by signal" not in output and "Traceback" not in output, output[-3000:]
+    assert torch.load(checkpoint, weights_only=False)["gan_template"]["iteration"] > 0

@@ -10,6 +10,7 @@ the uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from gan_template.errors import DataError
 from gan_template.lightning_internals import batches_done_in_epoch
+from gan_template.stopping import stop_signals
 
 
 class EpochShuffledBatches(Sampler[Any]):
@@ -125,4 +127,18 @@ def training_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         generator=generator,
+        worker_init_fn=leave_stop_signals_to_the_main_process,
     )
+
+
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """In a loader worker: ignore SIGTERM (and submitit's preemption signal).
+
+    SLURM's ``scancel`` and its time limit signal every process of the job. A
+    worker killed by it makes the DataLoader raise in the main process ("worker
+    killed by signal") before the run can save; ignoring it lets the main
+    process stop after the iteration and save (stopping.py). The worker still
+    ends when the loader shuts it down, or when the main process is gone.
+    """
+    for stop in stop_signals():
+        signal.signal(stop, signal.SIG_IGN)
