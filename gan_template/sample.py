@@ -126,6 +126,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"--out {args.out}: {blocking} is a file, not a folder; give a path under a folder"
         )
+    if args.out.suffix.lower() in IMAGE_SUFFIXES:
+        # The grid is written beside the tensor as FILE.png: it would overwrite the tensor.
+        parser.error(
+            f"--out {args.out} names a picture; --out is the tensor file, and the grid is "
+            f"written beside it: give --out {args.out.with_suffix('.pt')} (grid: {args.out.with_suffix('.png')})"
+        )
     if args.steps < 2:
         parser.error(f"--steps {args.steps} must be >= 2 (a walk has two ends)")
     if not 0 <= args.seed < 2**63:
@@ -136,6 +142,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except (RuntimeError, AssertionError) as error:
         parser.error(f"--device {args.device} cannot be used here ({str(error).splitlines()[0]})")
     return args
+
+
+#: File name endings of pictures: not a name for the tensor file (``--out``).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from gan_template import models
 from gan_template.callbacks.checkpoint import IterationCheckpoint
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
-from gan_template.config import validate
+from gan_template.config import invalid_config, validate
 from gan_template.distributed import is_lost_rank, lost_rank
 from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError, UserInputError
@@ -72,6 +72,27 @@ def checked_instantiate(node: DictConfig) -> Any:
         if isinstance(error.__cause__, UserInputError):
             raise error.__cause__ from None
         raise
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The configured callbacks; a constructor's ``ValueError`` is a setting to fix, named by key.
+
+    Settings a callback only uses at its first evaluation are checked by its
+    constructor, so a bad one stops the run before any training, not an hour in.
+    """
+    callbacks, problems = [], []
+    for name, node in (cfg.callbacks or {}).items():
+        if node is None:
+            continue
+        try:
+            callbacks.append(instantiate(node))
+        except InstantiationException as error:
+            if not isinstance(error.__cause__, ValueError):
+                raise
+            problems.append(f"callbacks.{name}.{error.__cause__}")
+    if problems:
+        raise invalid_config(problems)
+    return callbacks
 
 
 def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
@@ -289,12 +310,14 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     module = build_module(cfg, num_classes=num_classes)
     check_shapes(module, datamodule)
 
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks += extra_callbacks
-    # Checkpoints last (a stable sort), as Lightning orders its own Checkpoint
-    # callbacks: an evaluation of the final iteration has run, and its state is
-    # in the checkpoint of that iteration (``callbacks/periodic.py``).
+    callbacks = [*build_callbacks(cfg), *extra_callbacks]
+    # Checkpoints last (a stable sort), as Lightning orders its own Checkpoint callbacks, so
+    # that last.ckpt records the evaluations and grids of its iteration; and saved first
+    # too where those run, so that a failed or killed evaluation loses no training.
     callbacks.sort(key=lambda callback: isinstance(callback, IterationCheckpoint))
+    callbacks[:0] = [
+        c.before_periodic_runs() for c in callbacks if isinstance(c, IterationCheckpoint)
+    ]
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress-bar callback when the bar is disabled.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]

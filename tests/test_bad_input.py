@@ -180,6 +180,17 @@ CASES = [
     (["data=folder", "data.root={tmp}/corrupt"], 2, "3 of 3 image files cannot be read"),
     (["data=mnist", "data.root={tmp}/empty"], 2, "no usable dataset files under data.root"),
     (["data=folder"], 1, "Missing mandatory value: data.root"),
+    # Settings a callback uses only at its first evaluation: refused before any training.
+    (
+        ["callbacks.image_eval.num_samples=3", "callbacks.sample_grid.rows=0"],
+        2,
+        [
+            "callbacks.image_eval.num_samples=3: must be > 5",
+            "callbacks.sample_grid.rows=0, columns=10: both must be >= 1",
+        ],
+    ),
+    (["callbacks.image_eval.num_samples=0"], 2, "callbacks.image_eval.num_samples=0: must be > 5"),
+    (["experiment=ring", "callbacks.toy_eval.num_samples=0"], 2, "num_samples=0: must be >= 1"),
 ]
 
 
@@ -204,7 +215,8 @@ def expected_fragments(message: str | list[str], tmp: Path) -> list[str]:
 #: The command line's own subject: each path by which a bad input leaves the program, once.
 #: Hydra's composition errors (status 1, before any of our code runs); a value refused before
 #: Lightning is imported; a harness object's key (refused after it is); data that is missing
-#: (found while the data is set up); a checkpoint that does not exist. Every message of CASES
+#: (found while the data is set up); a checkpoint that does not exist; a callback's setting
+#: (refused when the callbacks are built, before training). Every message of CASES
 #: is also asserted in-process below.
 CLI_CASES = [case for case in CASES if case[1] == 1] + [
     case
@@ -216,6 +228,7 @@ CLI_CASES = [case for case in CASES if case[1] == 1] + [
         PLUS_KEYS,  # callbacks and logger: harness sections
         ["data=folder", "data.root={tmp}/corrupt"],
         ["ckpt_path=missing.ckpt"],
+        ["callbacks.image_eval.num_samples=3", "callbacks.sample_grid.rows=0"],
     )
 ]
 

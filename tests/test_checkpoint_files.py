@@ -12,15 +12,19 @@ import time
 from pathlib import Path
 from typing import IO
 
+import lightning as L
 import pytest
 import torch
+from helpers import run
 
+from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.checkpoint_io import (
     CheckpointWriteError,
     DamagedCheckpointError,
     check_readable,
     write_atomically,
 )
+from gan_template.module import GANModule
 
 # Saves dominate these runs: ~10 MB checkpoints after every iteration of a cheap toy step.
 SAVING_ALL_THE_TIME = [
@@ -211,3 +215,40 @@ def test_a_run_on_a_full_disk_exits_4_with_the_message(tmp_path: Path) -> None:
     assert "gan_template: error: could not write the checkpoint" in completed.stderr
     assert "No space left on device" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+class FailingEvaluation(EveryNIterations):
+    """An evaluation that fails when it runs (a setting only it uses, a bug in user code)."""
+
+    def run(self, trainer: L.Trainer, pl_module: GANModule) -> None:
+        raise RuntimeError("the evaluation failed")
+
+
+@pytest.mark.parametrize("iterations", [10, 12], ids=["numbered", "final"])
+def test_a_failing_evaluation_costs_no_training_its_iteration_checkpoint_is_written_first(
+    make_config, tmp_path: Path, iterations: int
+) -> None:
+    cfg = make_config(
+        "experiment=ring",
+        f"train.iterations={iterations}",
+        "callbacks.checkpoint.every_n_iterations=10",
+        "callbacks.toy_eval.every_n_iterations=0",
+    )
+    with pytest.raises(RuntimeError, match="the evaluation failed"):
+        run(cfg, FailingEvaluation(every_n_iterations=10))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    saved = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert saved["gan_template"]["iteration"] == 10  # the iteration whose evaluation failed
+    assert (checkpoints / "iter0000010.ckpt").is_file()
+
+
+def test_last_ckpt_records_the_final_evaluation_so_a_resume_does_not_run_it_again(
+    make_config, tmp_path: Path
+) -> None:
+    cfg = make_config(
+        "experiment=ring", "train.iterations=10", "callbacks.toy_eval.every_n_iterations=5"
+    )
+    run(cfg)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    evaluation = next(v for k, v in saved["callbacks"].items() if "ToyMixtureEvaluation" in k)
+    assert evaluation["last_run_iteration"] == 10 and evaluation["last_metrics"]

@@ -108,6 +108,10 @@ SAMPLE_ERRORS = [
     (["--out", "{file}/samples.pt"], "test_cli.py is a file, not a folder"),
     (["--device", "tpu9"], "--device tpu9 cannot be used here"),
     (["--ema", "maybe"], "unrecognized arguments: --ema maybe"),
+    (
+        ["--out", "s.png"],
+        "--out s.png names a picture; --out is the tensor file",
+    ),  # not overwritten
 ]
 
 

@@ -16,9 +16,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gan_template.callbacks.periodic import is_due
+from gan_template.callbacks.periodic import EveryNIterations, is_due
 from gan_template.checkpoint_io import copy_atomically
-from gan_template.module import as_gan_module
+from gan_template.module import GANModule, as_gan_module
 from gan_template.skip import TooManySkips
 
 
@@ -41,6 +41,7 @@ class IterationCheckpoint(Callback):
         self.dirpath = dirpath
         self.keep_last_n = keep_last_n
         self.last_saved_iteration = -1
+        self._saved_before_periodic_runs = -1  # the iteration, until its last.ckpt is rewritten
 
     def directory(self, trainer: L.Trainer) -> Path:
         return Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
@@ -62,18 +63,39 @@ class IterationCheckpoint(Callback):
         batch_idx: int,
     ) -> None:
         module = as_gan_module(pl_module)
+        if module.iteration == self._saved_before_periodic_runs:
+            # Saved before this batch's evaluations and grids ran; last.ckpt again, now
+            # holding their records (so a resume does not run them twice).
+            self._saved_before_periodic_runs = -1
+            trainer.save_checkpoint(self.last_path(trainer), weights_only=False)
+        elif (due := self.due(module)) is not None:
+            self._save(trainer, module.iteration, numbered=due == "numbered")
+
+    def due(self, module: GANModule) -> str | None:
+        """``numbered``, ``last`` or None: what this batch's end saves."""
         iteration = module.iteration
         if is_due(iteration, self.every_n_iterations, self.last_saved_iteration):
-            self._save(trainer, iteration, numbered=True)
-        elif iteration != self.last_saved_iteration and (
+            return "numbered"
+        if iteration != self.last_saved_iteration and (
             module.stop_reason is not None  # every rank stops after this batch (stopping.py)
             or (module.max_iterations is not None and iteration >= module.max_iterations)
         ):
-            # The final checkpoint is written here, inside the last batch, not in
+            # The final checkpoint is written inside the last batch, not in
             # on_train_end: by then Lightning has counted the interrupted epoch as
             # finished, and a resume would start the next epoch instead of
             # continuing this one where the data order left off.
-            self._save(trainer, iteration, numbered=False)
+            return "last"
+        return None
+
+    def before_periodic_runs(self) -> Callback:
+        """A callback to place first: saves a due checkpoint before any evaluation or grid runs.
+
+        An evaluation can fail (a setting only it uses) or be killed (a scheduler's
+        SIGKILL during a long final evaluation); the training of the iteration is
+        on disk by then. This callback, placed last, writes ``last.ckpt`` again
+        after them.
+        """
+        return _SaveBeforePeriodicRuns(self)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         iteration = as_gan_module(pl_module).iteration
@@ -136,3 +158,25 @@ class IterationCheckpoint(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_saved_iteration = state_dict["last_saved_iteration"]
+
+
+class _SaveBeforePeriodicRuns(Callback):
+    """The first half of :class:`IterationCheckpoint`: see ``before_periodic_runs``."""
+
+    def __init__(self, checkpoint: IterationCheckpoint) -> None:
+        self.checkpoint = checkpoint
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        module = as_gan_module(pl_module)
+        due = self.checkpoint.due(module)
+        periodic = [c for c in trainer.callbacks if isinstance(c, EveryNIterations)]  # type: ignore[attr-defined]
+        if due is not None and any(callback.due(module) for callback in periodic):
+            self.checkpoint._save(trainer, module.iteration, numbered=due == "numbered")
+            self.checkpoint._saved_before_periodic_runs = module.iteration

@@ -20,7 +20,7 @@ from gan_template.metrics.classifier import (
     SmallClassifier,
     load_or_train_classifier,
 )
-from gan_template.metrics.images import class_coverage, fid_kid, to_unit_range
+from gan_template.metrics.images import PRDC_NEAREST_K, class_coverage, fid_kid, to_unit_range
 from gan_template.module import GANModule, as_gan_module
 
 
@@ -59,6 +59,18 @@ class ImageQualityEvaluation(EveryNIterations):
             raise ValueError(
                 f"feature_extractor={feature_extractor!r} must be 'classifier' (offline) or 'inception'"
             )
+        # Checked here, not at the first evaluation: a run must not train for an hour first.
+        neighbours = max(PRDC_NEAREST_K)
+        if num_samples <= neighbours:
+            raise ValueError(
+                f"num_samples={num_samples}: must be > {neighbours} (precision, recall, density "
+                f"and coverage use each sample's {neighbours}-th nearest neighbour); 1000 or more "
+                "gives stable figures"
+            )
+        if kid_subset_size < 2:
+            raise ValueError(f"kid_subset_size={kid_subset_size}: must be >= 2")
+        if not 0 < confidence <= 1:
+            raise ValueError(f"confidence={confidence}: must be in (0, 1]")
         super().__init__(every_n_iterations)
         self.num_samples = num_samples
         self.feature_extractor = feature_extractor

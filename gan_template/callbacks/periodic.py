@@ -30,11 +30,12 @@ class EveryNIterations(Callback):
 
     Iterations are generator updates (the module's ``iteration``), so a skipped
     iteration never triggers a second run at the same count. The final run
-    happens inside the last batch, before the checkpoint of that iteration is
-    written (``train.py`` orders the checkpoint callback last), and the
-    iteration of the last run is saved with it: resuming a finished run, or
-    one that reached a shorter ``train.iterations``, does not run (and log)
-    the final evaluation a second time.
+    happens inside the last batch. The checkpoint of such an iteration is
+    written before the runs (so a run that fails, or a kill during a long
+    final evaluation, loses no training) and ``last.ckpt`` again after them,
+    with the iteration of the last run: resuming a finished run, or one that
+    reached a shorter ``train.iterations``, does not run (and log) the final
+    evaluation a second time (``callbacks/checkpoint.py``).
     """
 
     def __init__(self, every_n_iterations: int) -> None:
@@ -58,14 +59,17 @@ class EveryNIterations(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        module = as_gan_module(pl_module)
-        if is_due(module.iteration, self.every_n_iterations, self.last_run_iteration) or (
+        if self.due(as_gan_module(pl_module)):
+            self._run(trainer, pl_module)
+
+    def due(self, module: GANModule) -> bool:
+        """Whether :meth:`run` runs at the end of this batch (periodically, or the final run)."""
+        return is_due(module.iteration, self.every_n_iterations, self.last_run_iteration) or (
             module.stop_reason is None  # stopped by a signal: no final run (on_train_end)
             and module.max_iterations is not None
             and module.iteration >= module.max_iterations
             and module.iteration != self.last_run_iteration
-        ):
-            self._run(trainer, pl_module)
+        )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         module = as_gan_module(pl_module)

@@ -49,6 +49,8 @@ class SampleGrid(EveryNIterations):
         interpolation_steps: int = 10,
     ) -> None:
         super().__init__(every_n_iterations)
+        if rows < 1 or columns < 1:
+            raise ValueError(f"rows={rows}, columns={columns}: both must be >= 1")
         if interpolation_rows < 0 or interpolation_steps < 2:
             raise ValueError(
                 f"interpolation_rows={interpolation_rows}, interpolation_steps="

@@ -38,6 +38,8 @@ class ToyMixtureEvaluation(EveryNIterations):
         seed: int = 1234,
     ) -> None:
         super().__init__(every_n_iterations)
+        if num_samples < 1:  # checked here, not at the first evaluation
+            raise ValueError(f"num_samples={num_samples}: must be >= 1 (PacGAN's protocol: 2500)")
         self.num_samples = num_samples
         self.save_plots = save_plots
         self.seed = seed

@@ -55,13 +55,18 @@ def class_coverage(
     return ClassCoverage(int((counts > 0).sum()), probs.shape[1], float(sure.float().mean()), kl)
 
 
+#: The k of precision/recall and of density/coverage (Naeem et al., 2020, use 5 for both;
+#: Kynkaanniemi et al., 2019, 3 for precision/recall).
+PRDC_NEAREST_K = (3, 5)
+
+
 def fid_kid(
     extractor: nn.Module,
     real: Tensor,
     fake: Tensor,
     kid_subset_size: int = 500,
-    precision_recall_k: int = 3,
-    density_coverage_k: int = 5,
+    precision_recall_k: int = PRDC_NEAREST_K[0],
+    density_coverage_k: int = PRDC_NEAREST_K[1],
 ) -> dict[str, float]:
     """FID, KID (mean, std), precision, recall, density and coverage of two sets of images in [-1, 1].
 
