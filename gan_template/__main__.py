@@ -13,12 +13,7 @@ from omegaconf import DictConfig
 
 # Only what every start needs (`--help`, `--cfg job`, a config Hydra refuses): torch and
 # Lightning are imported by train(), after Hydra has parsed the command line.
-from gan_template.errors import (
-    CheckpointWriteError,
-    LostRank,
-    TooManySkips,
-    UserInputError,
-)
+from gan_template.errors import LostRank, TooManySkips, UserInputError, WriteError
 from gan_template.schema import register_schema
 from gan_template.stopping import STOPPED_EXIT_STATUS, StoppedBySignal
 from gan_template.sweep import (
@@ -36,7 +31,7 @@ register_schema()  # before Hydra composes: conf/config.yaml starts from it
 EXIT_STATUS: dict[type[BaseException], int] = {
     UserInputError: 2,  # a setting, the data, or the checkpoint to resume from is wrong
     TooManySkips: 3,  # training diverged; last.ckpt holds the last good state
-    CheckpointWriteError: 4,  # a checkpoint could not be written; earlier ones are intact
+    WriteError: 4,  # a checkpoint or another file could not be written; earlier checkpoints are intact
     LostRank: 5,  # another rank died or was unreachable; last.ckpt is intact
     StoppedBySignal: STOPPED_EXIT_STATUS,  # 143: SIGTERM; last.ckpt holds where every rank stopped
 }
@@ -61,7 +56,7 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.optimized_metric is None:
             return None
         return objective(result["final_metrics"], cfg.optimized_metric)
-    except (UserInputError, TooManySkips, CheckpointWriteError, LostRank, StoppedBySignal) as error:
+    except (UserInputError, TooManySkips, WriteError, LostRank, StoppedBySignal) as error:
         # The message says what happened and what to do; a traceback would bury it.
         if not isinstance(error, StoppedBySignal):
             print(f"gan_template: error: {error}", file=sys.stderr, flush=True)

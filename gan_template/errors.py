@@ -25,7 +25,11 @@ class DamagedCheckpointError(UserInputError):
     """A checkpoint file to resume from cannot be read."""
 
 
-class CheckpointWriteError(OSError):
+class WriteError(OSError):
+    """A file of the run could not be written (a full disk, a quota); earlier checkpoints are intact."""
+
+
+class CheckpointWriteError(WriteError):
     """A checkpoint could not be written; every earlier checkpoint is intact."""
 
 

@@ -5,12 +5,13 @@ The only module besides ``__main__`` that knows about Hydra/OmegaConf.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import lightning as L
 import torch
@@ -28,7 +29,7 @@ from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write
 from gan_template.config import invalid_config, validate
 from gan_template.distributed import is_lost_rank, lost_rank
 from gan_template.environment import avoid_per_step_gpu_probing
-from gan_template.errors import ConfigError, UserInputError
+from gan_template.errors import ConfigError, UserInputError, WriteError
 from gan_template.module import GANModule
 from gan_template.resume import SHAPE_SECTIONS, config_changes, shape_mismatches
 from gan_template.stopping import StoppedBySignal
@@ -340,15 +341,17 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if module.stop_reason is not None:
+            raise stopped_early(trainer, module)
+        final_metrics = write_final_metrics(trainer, module, run_dir)
     except Exception as error:
-        if not is_lost_rank(error):
-            raise
-        raise lost_rank(
-            error, trainer.global_rank, module.iteration, saved_checkpoint(trainer)
-        ) from error
-    if module.stop_reason is not None:
-        raise stopped_early(trainer, module)
-    final_metrics = write_final_metrics(trainer, module, run_dir)
+        if is_lost_rank(error):
+            raise lost_rank(
+                error, trainer.global_rank, module.iteration, saved_checkpoint(trainer)
+            ) from error
+        if is_disk_full(error):
+            raise disk_full(error, module.iteration, saved_checkpoint(trainer)) from error
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {
         "run_dir": str(run_dir),
@@ -357,6 +360,28 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         "final_metrics": final_metrics,
         "module": module,
     }
+
+
+def is_disk_full(error: BaseException) -> TypeGuard[OSError]:
+    """A write that failed for want of space (metrics.csv, a sample grid, a log), not a bug."""
+    return (
+        isinstance(error, OSError)
+        and not isinstance(error, WriteError)  # already says what it could not write
+        and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    )
+
+
+def disk_full(error: OSError, iteration: int, checkpoint: str | None) -> WriteError:
+    what = error.filename or "a file of the run"
+    return WriteError(
+        f"could not write {what} at iteration {iteration} ({error.strerror}): the disk is full. "
+        + (
+            f"The checkpoints written so far are intact (last: {checkpoint}); free space and "
+            f"resume with ckpt_path={checkpoint}"
+            if checkpoint
+            else "No checkpoint had been written yet; free space and start again"
+        )
+    )
 
 
 def saved_checkpoint(trainer: L.Trainer) -> str | None:

@@ -194,23 +194,29 @@ def test_a_full_disk_under_torch_save_is_reported_as_the_write_error(
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
-def test_a_run_on_a_full_disk_exits_4_with_the_message(tmp_path: Path) -> None:
-    """A real full file system (a 3 MB tmpfs) where one can be mounted (root on Linux)."""
+def on_a_small_disk(tmp_path: Path, size: str, *overrides: str) -> subprocess.CompletedProcess:
+    """The command with its run directory on a real file system of ``size`` (a tmpfs).
+
+    Where one can be mounted (root on Linux); elsewhere the test is skipped.
+    """
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
                              capture_output=True)  # fmt: skip
     if mounted.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "gan_template", "train.iterations=3",
-             "callbacks.image_eval.every_n_iterations=0", "trainer.enable_progress_bar=false",
-             f"hydra.run.dir={disk / 'run'}"],
+        return subprocess.run(
+            [sys.executable, "-m", "gan_template", "callbacks.image_eval.every_n_iterations=0",
+             "trainer.enable_progress_bar=false", *overrides, f"hydra.run.dir={disk / 'run'}"],
             cwd=tmp_path, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_run_on_a_full_disk_exits_4_with_the_message(tmp_path: Path) -> None:
+    completed = on_a_small_disk(tmp_path, "3m", "train.iterations=3")
     assert completed.returncode == 4, completed.stderr[-3000:]
     assert "gan_template: error: could not write the checkpoint" in completed.stderr
     assert "No space left on device" in completed.stderr
@@ -252,3 +258,24 @@ def test_last_ckpt_records_the_final_evaluation_so_a_resume_does_not_run_it_agai
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     evaluation = next(v for k, v in saved["callbacks"].items() if "ToyMixtureEvaluation" in k)
     assert evaluation["last_run_iteration"] == 10 and evaluation["last_metrics"]
+
+
+def test_a_disk_that_fills_up_with_logs_and_pictures_exits_4_and_keeps_the_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """metrics.csv and the sample grids fill the run's disk; the checkpoints live elsewhere."""
+    checkpoints = tmp_path / "checkpoints"
+    completed = on_a_small_disk(
+        tmp_path, "120k", "train.iterations=40", "trainer.log_every_n_steps=1",
+        "callbacks.sample_grid.every_n_iterations=10", "callbacks.checkpoint.every_n_iterations=5",
+        f"+callbacks.checkpoint.dirpath={checkpoints}",
+    )  # fmt: skip
+    assert completed.returncode == 4, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    assert "(No space left on device): the disk is full" in completed.stderr
+    stopped_at = int(completed.stderr.split("at iteration ")[1].split()[0])
+    saved = torch.load(checkpoints / "last.ckpt", weights_only=False)["gan_template"]["iteration"]
+    assert (
+        saved == stopped_at
+        and f"resume with ckpt_path={checkpoints / 'last.ckpt'}" in completed.stderr
+    )
