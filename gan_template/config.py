@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections.abc
 import importlib.util
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -112,10 +113,8 @@ def validate(cfg: DictConfig) -> None:
                 part = instantiate(cfg[section])
                 if section == "ema":  # a partial: built around a stand-in for the generator
                     part(nn.Identity())
-            except InstantiationException as error:
-                problems.append(f"{section}.{error.__cause__ or error}")
-            except ValueError as error:  # raised by a partial's constructor
-                problems.append(f"{section}.{error}")
+            except (InstantiationException, ValueError) as error:  # a partial raises directly
+                problems.append(constructor_problem(section, error))
     # Single settings whose range their owner's constructor checks.
     for key, owner in SETTINGS_CHECKED_BY_THEIR_OWNER.items():
         try:
@@ -125,15 +124,20 @@ def validate(cfg: DictConfig) -> None:
                 f"{key}={OmegaConf.select(cfg, key)!r}: {str(error).split(': ', 1)[-1]}"
             )
     for net in ("generator", "discriminator"):
-        lr = OmegaConf.select(cfg, f"optim.{net}.lr", default=None)
-        need(lr is None or all(v > 0 for v in _values(lr)), f"optim.{net}.lr", "must be > 0")
-        betas = OmegaConf.select(cfg, f"optim.{net}.betas", default=None)
-        need(
-            betas is None
-            or (len(betas) == 2 and all(0 <= v < 1 for b in betas for v in _values(b))),
-            f"optim.{net}.betas",
-            "must be two numbers in [0, 1), e.g. [0.5, 0.999]",
-        )
+        try:
+            lr = OmegaConf.select(cfg, f"optim.{net}.lr", default=None)
+            need(lr is None or all(v > 0 for v in _values(lr)), f"optim.{net}.lr", "must be > 0")
+            betas = OmegaConf.select(cfg, f"optim.{net}.betas", default=None)
+            need(
+                betas is None
+                or (len(betas) == 2 and all(0 <= v < 1 for b in betas for v in _values(b))),
+                f"optim.{net}.betas",
+                "must be two numbers in [0, 1), e.g. [0.5, 0.999]",
+            )
+        except InstantiationException as error:  # a schedule that refuses its own arguments
+            problems.append(constructor_problem(f"optim.{net}", error))
+        except TypeError:
+            pass  # a value of the wrong type: the type check of optim.<net> names it
         both = OmegaConf.select(cfg, f"optim.{net}.fused", default=None) and OmegaConf.select(
             cfg, f"optim.{net}.foreach", default=None
         )
@@ -146,15 +150,21 @@ def validate(cfg: DictConfig) -> None:
     for key, instead in TRAINER_SETTINGS_REPLACED.items():
         if cfg.trainer.get(key) is not None:
             problems.append(f"trainer.{key}={cfg.trainer[key]!r}: {instead}")
-    workers = cfg.data.get("num_workers")
+
+    def number(key: str) -> Any:
+        """``data.<key>`` when it is a number (a wrong type is named by the type check)."""
+        value = cfg.data.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    workers = number("num_workers")
     need(
         workers is None or workers >= 0,
         "data.num_workers",
         "must be >= 0 (0: load in the main process)",
     )
-    batch_size = cfg.data.get("batch_size")
+    batch_size = number("batch_size")
     need(batch_size is None or batch_size >= 1, "data.batch_size", "must be >= 1")
-    resolution = cfg.data.get("resolution")
+    resolution = number("resolution")
     if resolution is not None:
         power_of_two = resolution >= 8 and resolution & (resolution - 1) == 0
         need(
@@ -162,7 +172,7 @@ def validate(cfg: DictConfig) -> None:
             "data.resolution",
             "the image networks need a power of two >= 8 (16, 32, 64, ...)",
         )
-    channels = cfg.data.get("channels")
+    channels = number("channels")
     need(channels is None or channels in (1, 3), "data.channels", "must be 1 (grey) or 3 (RGB)")
     clip_norm = cfg.optim.get("gradient_clip_norm")
     if clip_norm is not None:  # its owner's module imports Lightning: only when it is set
@@ -194,6 +204,24 @@ def _values(node: Any) -> tuple[float, ...]:
         schedule = instantiate(node)
         return schedule.extremes() if isinstance(schedule, Schedule) else ()
     return (node,)
+
+
+def constructor_problem(key: str, error: Exception) -> str:
+    """``<key>.<name>=<value>: <what is allowed>`` from a constructor's refusal under ``key``.
+
+    Hydra wraps what a constructor raised, and names the node it was building
+    only in its message (``full_key: penalty.weight``): a schedule nested in a
+    part is so named by its own key, not the part's.
+    """
+    cause = error.__cause__ if isinstance(error, InstantiationException) else error
+    if isinstance(error, InstantiationException):
+        nested = re.search(r"full_key: (\S+)", str(error))
+        if nested and nested.group(1).startswith(key):
+            key = nested.group(1)
+    text = str(cause or error)
+    if text.startswith(f"{key.split('.')[0]}."):  # names its key already (data.limit=0 ...)
+        return text
+    return f"{key}.{text}" if re.match(r"\w+=", text) else f"{key}: {text}"
 
 
 def invalid_config(problems: list[str]) -> ConfigError:
@@ -351,6 +379,11 @@ def _type_problems(key: str, node: DictConfig, factory: Any) -> list[str]:
         if name.startswith("_") or name not in hints:
             continue
         if isinstance(child, DictConfig) and "_target_" in child:
+            if _plain(hints[name]):  # a schedule where only a number is taken
+                problems.append(
+                    f"{key}.{name}: must be {_describe(hints[name])}, not a {{_target_: ...}} "
+                    "node (this setting cannot follow a schedule)"
+                )
             continue  # an object built by its own _target_, checked on its own
         value = node[name]  # resolved: an interpolation may stand for a list
         if isinstance(value, (DictConfig, ListConfig)):
@@ -358,6 +391,14 @@ def _type_problems(key: str, node: DictConfig, factory: Any) -> list[str]:
         if not _matches(value, hints[name]):
             problems.append(f"{key}.{name}={value!r}: must be {_describe(hints[name])}")
     return problems
+
+
+def _plain(hint: Any) -> bool:
+    """Whether ``hint`` admits only plain values (numbers, strings, lists, None)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return all(_plain(arg) for arg in args)
+    return hint in (bool, int, float, str, type(None)) or origin in (list, tuple, typing.Literal)
 
 
 def _matches(value: Any, hint: Any) -> bool:

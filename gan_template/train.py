@@ -18,6 +18,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -26,7 +27,7 @@ from gan_template import models
 from gan_template.callbacks.checkpoint import IterationCheckpoint
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
-from gan_template.config import invalid_config, validate
+from gan_template.config import constructor_problem, invalid_config, validate
 from gan_template.distributed import is_lost_rank, lost_rank
 from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError, UserInputError, WriteError
@@ -37,46 +38,40 @@ from gan_template.stopping import StoppedBySignal
 log = logging.getLogger(__name__)
 
 
-def build_network(cfg: DictConfig, which: str, num_classes: int = 0) -> nn.Module:
-    """``model.generator`` or ``model.discriminator``; class-conditional when ``model.conditional``.
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``; a constructor that refuses its arguments is a setting to fix.
 
-    A constructor's ``ValueError`` (sizes that do not fit together, such as a
-    cardinality that does not divide a width) is a setting to fix: it is
-    reported as a config error naming ``model.<which>``, not as Hydra's traceback.
+    A ``ValueError`` (or Lightning's ``MisconfigurationException``) raised by the
+    constructor, or by a schedule nested in its arguments, becomes a
+    :class:`ConfigError` naming the key (exit 2); a ``UserInputError`` (a logger
+    that cannot reach its server) comes out as itself. Either way the command
+    prints one message, not Hydra's "Error in call to target" and a traceback.
     """
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, UserInputError):
+            raise cause from None
+        if isinstance(cause, (ValueError, MisconfigurationException)):
+            raise invalid_config([constructor_problem(key, error)]) from None
+        raise
+
+
+def build_network(cfg: DictConfig, which: str, num_classes: int = 0) -> nn.Module:
+    """``model.generator`` or ``model.discriminator``; class-conditional when ``model.conditional``."""
     conditional = cfg.model.get("conditional", False)
     if conditional and num_classes < 1:
         raise ConfigError(
             f"model.conditional=true needs labelled data, but data.name={cfg.data.get('name')} "
             "has no class labels; set model.conditional=false"
         )
-    try:
-        if not conditional:
-            return instantiate(cfg.model[which])
-        return instantiate(cfg.model[which], num_classes=num_classes)
-    except InstantiationException as error:
-        if isinstance(error.__cause__, ValueError):
-            raise ConfigError(f"model.{which}: {error.__cause__}") from None
-        raise
-
-
-def checked_instantiate(node: DictConfig) -> Any:
-    """``instantiate(node)``, with a constructor's input error as itself, not Hydra's wrapper.
-
-    A logger refuses what cannot work (no W&B key, an unreachable MLflow server)
-    with a :class:`~gan_template.errors.UserInputError`; the command prints it
-    as one clean message (exit 2).
-    """
-    try:
-        return instantiate(node)
-    except InstantiationException as error:
-        if isinstance(error.__cause__, UserInputError):
-            raise error.__cause__ from None
-        raise
+    extra = {"num_classes": num_classes} if conditional else {}
+    return build(cfg.model[which], f"model.{which}", **extra)
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """The configured callbacks; a constructor's ``ValueError`` is a setting to fix, named by key.
+    """The configured callbacks, every refused setting reported at once.
 
     Settings a callback only uses at its first evaluation are checked by its
     constructor, so a bad one stops the run before any training, not an hour in.
@@ -90,7 +85,7 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
         except InstantiationException as error:
             if not isinstance(error.__cause__, ValueError):
                 raise
-            problems.append(f"callbacks.{name}.{error.__cause__}")
+            problems.append(constructor_problem(f"callbacks.{name}", error))
     if problems:
         raise invalid_config(problems)
     return callbacks
@@ -102,8 +97,9 @@ def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
     The networks are built here, not by the node's interpolations, because a
     class-conditional network needs the data's number of classes.
     """
-    module = instantiate(
+    module = build(
         cfg.module,
+        "module",
         generator=build_network(cfg, "generator", num_classes),
         discriminator=build_network(cfg, "discriminator", num_classes),
     )
@@ -303,7 +299,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     avoid_per_step_gpu_probing()
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule: L.LightningDataModule = build(cfg.data, "data")
     num_classes = getattr(datamodule, "num_classes", 0)
     if ckpt_path is not None:
         check_resume(cfg, ckpt_path, num_classes)
@@ -322,12 +318,15 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress-bar callback when the bar is disabled.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = [checked_instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    loggers = [
+        build(c, f"logger.{name}") for name, c in (cfg.logger or {}).items() if c is not None
+    ]
     plugins = [instantiate(plugin) for plugin in cfg.trainer.get("plugins") or []]
     if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
         plugins.append(AtomicCheckpointIO())  # a kill mid-save never leaves a half file
-    trainer: L.Trainer = instantiate(
+    trainer: L.Trainer = build(
         cfg.trainer,
+        "trainer",
         plugins=plugins,
         callbacks=callbacks,
         logger=loggers or False,

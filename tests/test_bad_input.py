@@ -103,7 +103,7 @@ CASES = [
     (
         ["experiment=r3gan", "model.generator.cardinality=3"],  # sizes checked by the network
         2,
-        "model.generator: cardinality=3 does not divide the inner width 64",
+        "model.generator.cardinality=3 does not divide the inner width 64",
     ),
     (
         ["+model.generator.widht=8"],
@@ -191,6 +191,41 @@ CASES = [
     ),
     (["callbacks.image_eval.num_samples=0"], 2, "callbacks.image_eval.num_samples=0: must be > 5"),
     (["experiment=ring", "callbacks.toy_eval.num_samples=0"], 2, "num_samples=0: must be >= 1"),
+    # Constructors outside validate(): the key and the fix, not Hydra's wrapper.
+    (["data.limit=0"], 2, "data.limit=0 must be >= 1 (or null: every image)"),
+    (["experiment=ring", "data.scale=0"], 2, "data.scale=0 must be > 0"),
+    (["trainer.devices=0"], 2, "trainer: `Trainer(devices=0)` value is not a valid input"),
+    (
+        [
+            "optim.generator.lr={_target_: gan_template.schedule.Linear, start: 1e-3, end: 1e-4, iterations: -5}"
+        ],
+        2,
+        "optim.generator.lr.iterations=-5: must be >= 1",
+    ),
+    # A schedule nested in a part is named by its own key.
+    (
+        [
+            "penalty=r1",
+            "penalty.weight={_target_: gan_template.schedule.Cosine, start: 1, end: 0.1, iterations: 0}",
+        ],
+        2,
+        "penalty.weight.iterations=0: must be >= 1",
+    ),
+    (
+        [
+            "penalty=r1",
+            "penalty.interval={_target_: gan_template.schedule.Linear, start: 1, end: 4, iterations: 10}",
+        ],
+        2,
+        "penalty.interval: must be an integer, not a {_target_: ...} node",
+    ),
+    (
+        [
+            "data.batch_size={_target_: gan_template.schedule.Linear, start: 8, end: 64, iterations: 10}"
+        ],
+        2,
+        "data.batch_size: must be an integer, not a {_target_: ...} node",
+    ),
 ]
 
 
@@ -229,6 +264,7 @@ CLI_CASES = [case for case in CASES if case[1] == 1] + [
         ["data=folder", "data.root={tmp}/corrupt"],
         ["ckpt_path=missing.ckpt"],
         ["callbacks.image_eval.num_samples=3", "callbacks.sample_grid.rows=0"],
+        ["trainer.devices=0"],
     )
 ]
 
