@@ -14,8 +14,9 @@ keeps the holder's process id, host and command, for the message only.
 
 Only the run's first process takes it. The other ranks of one run (Lightning's
 DDP ranks, ``torchrun`` workers, SLURM tasks) carry a rank other than 0 in
-their environment and share the directory. A multirun locks its sweep
-directory once; its jobs get directories of their own inside it. Where
+their environment and share the directory. In a multirun each job locks its
+own directory while it runs, not the sweep's: the workers of one Optuna study
+share a sweep folder (optuna_search.py), each trial in a folder of its own. Where
 ``fcntl`` is missing (Windows) nothing is locked.
 """
 
@@ -31,6 +32,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 LOCK_NAME = ".gan_template.lock"
@@ -139,9 +141,10 @@ class RunDirectoryLock(Callback):
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._drop()
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        HydraConfig.instance().set_config(config)
-        self._take(config.hydra.sweep.dir)
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:  # a single run took its directory above
+            self._take(config.hydra.runtime.output_dir)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._drop()
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            self._drop()

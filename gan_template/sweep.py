@@ -33,6 +33,9 @@ from gan_template.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: Written by a search (optuna_search.py) into each trial's job folder: number, state, value.
+TRIAL_FILE = "optuna_trial.json"
+
 #: Read by the DDP ranks a job starts; the name follows the package (renamed with it).
 JOB_ENVIRONMENT = f"{__package__.upper()}_SWEEP_JOB"
 #: What Lightning's launcher adds to the launching process's environment.
@@ -132,10 +135,12 @@ def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
         for override in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"):
             key, _, value = str(override).partition("=")
             row[key] = value
-        final = job_dir / FINAL_METRICS
+        final, trial = job_dir / FINAL_METRICS, job_dir / TRIAL_FILE
         if final.is_file():
             row["status"] = "done"
             row.update(json.loads(final.read_text()))
+        elif trial.is_file() and json.loads(trial.read_text())["state"] == "PRUNED":
+            row["status"] = "pruned"
         else:
             row["status"] = "failed or unfinished"
         rows.append(row)

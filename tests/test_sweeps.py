@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,6 @@ def test_ddp_multirun_keeps_every_rank_in_its_jobs_folder(tmp_path: Path) -> Non
 
 
 def test_optuna_search_minimizes_the_final_metric_over_its_trials(tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     multirun(
         tmp_path,
         *RING,
@@ -124,3 +124,88 @@ def test_optuna_search_minimizes_the_final_metric_over_its_trials(tmp_path: Path
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     kls = [float(row["toy/reverse_kl"]) for row in rows]
     assert best["best_value"] == pytest.approx(min(kls))
+
+
+#: A search whose trials are short; workers share the storage and the sweep folder.
+SEARCH = [*RING, "hparams_search=toy_optuna", "callbacks.toy_eval.every_n_iterations=10"]
+
+
+def start_worker(tmp_path: Path, sweep: Path, storage: str, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gan_template", "-m", *SEARCH, f"hydra.sweep.dir={sweep}",
+         f"hydra.sweeper.storage={storage}", *overrides],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+
+
+def study_trials(storage: str) -> list:
+    import optuna
+
+    return optuna.load_study(study_name="toy", storage=storage).get_trials(deepcopy=False)
+
+
+def test_two_workers_fill_one_study_without_duplicate_or_lost_trials(tmp_path: Path) -> None:
+    sweep, storage = tmp_path / "sweep", f"sqlite:///{tmp_path / 'optuna.db'}"
+    workers = [
+        start_worker(tmp_path, sweep, storage, "hydra.sweeper.n_trials=6", "train.iterations=20")
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-3000:]
+    trials = study_trials(storage)
+    assert sorted(t.number for t in trials) == list(range(6))  # six, none twice, none lost
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    assert all(
+        any(f"Trial {t.number}" in o or f"/{t.number}/" in o for o in outputs) for t in trials
+    )
+    rows = read_summary(sweep)
+    assert sorted(int(row["job"]) for row in rows) == list(range(6))
+    assert {row["status"] for row in rows} == {"done"}
+    ran = [sum(f"{sweep}/{n}/" in output for n in range(6)) for output in outputs]
+    assert all(ran), "both workers ran trials"  # at the same time: each trial is seconds long
+
+
+def test_a_study_whose_workers_were_all_killed_is_completed_by_a_restart(tmp_path: Path) -> None:
+    sweep, storage = tmp_path / "sweep", f"sqlite:///{tmp_path / 'optuna.db'}"
+    settings = ["hydra.sweeper.n_trials=6", "train.iterations=100000", "hydra.sweeper.heartbeat_s=0.5",
+                "hydra.sweeper.grace_s=2"]  # fmt: skip
+    workers = [start_worker(tmp_path, sweep, storage, *settings) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while not list(sweep.glob("*/metrics.csv")):  # trials are under way
+            assert time.monotonic() < deadline and all(w.poll() is None for w in workers)
+            time.sleep(0.2)
+    finally:
+        for worker in workers:
+            worker.kill()  # SIGKILL: no chance to tell the study anything
+            worker.wait()
+    assert {t.state.name for t in study_trials(storage)} == {"RUNNING"}
+    restart = start_worker(
+        tmp_path, sweep, storage, *settings[:1], "train.iterations=20", *settings[2:]
+    )
+    output = restart.communicate(timeout=600)[0]
+    assert restart.returncode == 0, output[-3000:]
+    states = [t.state.name for t in study_trials(storage)]
+    assert states.count("COMPLETE") == 6 and set(states) == {"COMPLETE", "FAIL"}, states
+    assert "no heartbeat for 2 s, its worker is gone; failed" in output
+
+
+def test_a_trial_the_pruner_drops_stops_early_and_is_recorded_as_pruned(tmp_path: Path) -> None:
+    sweep, storage = tmp_path / "sweep", f"sqlite:///{tmp_path / 'optuna.db'}"
+    worker = start_worker(
+        tmp_path, sweep, storage, "hydra.sweeper.n_trials=1", "train.iterations=200",
+        # A pruner that drops any trial at its first report: toy/reverse_kl is >= 0.
+        "~hydra.sweeper.pruner", "+hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, upper: -1.0}",
+    )  # fmt: skip
+    output = worker.communicate(timeout=600)[0]
+    assert worker.returncode == 0, output[-3000:]
+    (trial,) = study_trials(storage)
+    assert trial.state.name == "PRUNED"
+    assert list(trial.intermediate_values) == [10]  # reported at the first evaluation, then stopped
+    (row,) = read_summary(sweep)
+    assert row["status"] == "pruned"
+    with open(sweep / "0" / "metrics.csv") as file:
+        steps = {int(r["step"]) for r in csv.DictReader(file) if r.get("step")}
+    assert max(steps) <= 10  # it never trained past the iteration it was pruned at
