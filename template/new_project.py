@@ -143,6 +143,10 @@ def rename_project(root: Path, name: str, package: str) -> list[Path]:
             path.write_text(new, encoding="utf-8")
             changed.append(path)
     (root / TEMPLATE_PACKAGE).rename(root / package)
+    # The sweeper's entry for Hydra is named after the package too (two projects, two plugins).
+    plugin = root / "hydra_plugins" / f"{TEMPLATE_PACKAGE}_sweeper"
+    if plugin.is_dir():
+        plugin.rename(plugin.with_name(f"{package}_sweeper"))
     for stale in root.glob(f"{TEMPLATE_PACKAGE}*.egg-info"):
         shutil.rmtree(stale)  # the template's install metadata; `pip install -e .` remakes it
     return changed

@@ -49,6 +49,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_package_is_renamed_everywhere(project: Path) -> None:
     assert (project / "my_gan" / "module.py").is_file()
     assert not (project / "gan_template").exists()
+    assert (project / "hydra_plugins" / "my_gan_sweeper" / "__init__.py").is_file()
+    assert not any("gan_template" in str(path) for path in project.rglob("*"))
     files = text_files(project)
     leftovers = {name: old for name, text in files.items() for old in OLD_NAMES if old in text}
     assert leftovers == {}
