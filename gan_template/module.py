@@ -34,10 +34,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from gan_template import models
 from gan_template.ema import GeneratorEMA
+from gan_template.errors import ConfigError
 from gan_template.lightning_internals import disable_sigterm_broadcast, precision_scaler
 from gan_template.loggers import EpochMeans, as_numbers, log_at_iteration
 from gan_template.losses import AdversarialLoss, NonSaturating, discriminator_statistics
@@ -527,14 +528,22 @@ class GANModule(L.LightningModule):
         optimizer_d = self.make_optimizer_d(self.discriminator.parameters())
         self.hyperparameter_schedules.bind_optimizer("generator", optimizer_g)
         self.hyperparameter_schedules.bind_optimizer("discriminator", optimizer_d)
-        schedulers = [
-            factory(optimizer)
-            for factory, optimizer in (
-                (self.make_scheduler_g, optimizer_g),
-                (self.make_scheduler_d, optimizer_d),
-            )
-            if factory is not None
-        ]
+        schedulers = []
+        for net, factory, optimizer in (
+            ("generator", self.make_scheduler_g, optimizer_g),
+            ("discriminator", self.make_scheduler_d, optimizer_d),
+        ):
+            if factory is None:
+                continue
+            schedulers.append(factory(optimizer))
+            if isinstance(schedulers[-1], ReduceLROnPlateau):
+                raise ConfigError(
+                    f"optim.{net}_scheduler: ReduceLROnPlateau steps on a monitored metric, and "
+                    "LR schedulers here step once per iteration with none (a GAN's losses do not "
+                    "fall as a model improves). Use a schedule of the iteration: "
+                    "torch.optim.lr_scheduler.StepLR/CosineAnnealingLR, or optim.<net>.lr as a "
+                    "gan_template.schedule"
+                )
         return [optimizer_g, optimizer_d], schedulers
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

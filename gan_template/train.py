@@ -28,6 +28,7 @@ from gan_template.callbacks.checkpoint import IterationCheckpoint
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
 from gan_template.config import constructor_problem, invalid_config, validate
+from gan_template.contracts import check_contracts
 from gan_template.distributed import is_lost_rank, lost_rank
 from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError, UserInputError, WriteError
@@ -121,10 +122,12 @@ def check_memory(cfg: DictConfig, num_classes: int) -> None:
     kill names nothing. Activations come on top, so passing is no guarantee.
     """
     with torch.device("meta"):
-        sizes = {
-            which: sum(p.numel() for p in build_network(cfg, which, num_classes).parameters())
+        networks = {
+            which: build_network(cfg, which, num_classes)
             for which in ("generator", "discriminator")
         }
+        sizes = {which: sum(p.numel() for p in net.parameters()) for which, net in networks.items()}
+        check_batch_fits(cfg, networks["generator"], networks["discriminator"])
     # 4-byte weights, gradients and two Adam moments; the generator's EMA and its sampling copy.
     copies = {"generator": 4 + (2 if cfg.ema is not None else 0), "discriminator": 4}
     needed = sum(4 * sizes[which] * copies[which] for which in sizes)
@@ -138,6 +141,30 @@ def check_memory(cfg: DictConfig, num_classes: int) -> None:
             f"weights, gradients, Adam and EMA state alone, and {where} has "
             f"{available / 2**30:.1f} GiB available; lower data.resolution or the model's width"
         )
+
+
+def check_batch_fits(cfg: DictConfig, generator: nn.Module, discriminator: nn.Module) -> None:
+    """A forward pass of both networks at the batch size of one update, on the meta device.
+
+    No memory and no arithmetic: shapes only, so a batch the networks cannot take
+    (BatchNorm needs two samples per channel, a packing discriminator a multiple
+    of its pack) is named now, not by a traceback at the first step.
+    """
+    batch_size = cfg.data.get("batch_size")
+    if not isinstance(batch_size, int):
+        return
+    z = torch.zeros(batch_size, models.latent_dim(generator))
+    labels = torch.zeros(batch_size, dtype=torch.long) if models.num_classes(generator) else None
+    try:
+        fake = generator(z) if labels is None else generator(z, labels)
+        discriminator(fake) if labels is None else discriminator(fake, labels)
+    except ValueError as error:  # raised by the checks above; other errors are the first step's
+        raise ConfigError(
+            f"data.batch_size={batch_size}: the networks cannot take a batch of {batch_size} "
+            f"({error}); raise data.batch_size"
+        ) from None
+    except (NotImplementedError, RuntimeError):
+        pass  # an operation without a meta kernel: nothing to conclude
 
 
 def available_memory(cfg: DictConfig) -> tuple[int | None, str]:
@@ -306,6 +333,12 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     check_memory(cfg, num_classes)
     module = build_module(cfg, num_classes=num_classes)
     check_shapes(module, datamodule)
+    check_contracts(
+        module.adversarial_loss,
+        module.penalty,
+        module.skip_rule.predicate,
+        datamodule.sample_shape,  # type: ignore[attr-defined]  # checked by check_shapes
+    )
 
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
     # Checkpoints last (a stable sort), as Lightning orders its own Checkpoint callbacks, so

@@ -202,6 +202,51 @@ CASES = [
         2,
         "optim.generator.lr.iterations=-5: must be >= 1",
     ),
+    # Parts of the user's own that break their contract: found on stand-in tensors before training.
+    (
+        [
+            "loss._target_=user_parts.OnlyDiscriminatorLoss",
+            "penalty=r1",
+            "penalty._target_=user_parts.ImageGradientPenalty",
+            "skip.predicate={_target_: user_parts.two_flags, _partial_: true}",
+            "extra_target_prefixes=[user_parts.]",
+        ],
+        2,
+        [
+            "loss (user_parts.OnlyDiscriminatorLoss).generator_loss(...) is not defined",
+            "penalty (user_parts.ImageGradientPenalty) differentiates the logits with respect to "
+            "the images, but its class does not set `input_gradients = True`",
+            "skip.predicate (user_parts.two_flags) returned a tensor of 2 values",
+        ],
+    ),
+    (
+        [
+            "penalty=r1",
+            "penalty._target_=user_parts.FloatPenalty",
+            "extra_target_prefixes=[user_parts.]",
+        ],
+        2,
+        "penalty (user_parts.FloatPenalty) returned a float, not a tensor",
+    ),
+    # Values only a run would find: refused at start-up, named, with the fix.
+    (
+        ["experiment=grid", "data.batch_size=1"],
+        2,
+        "data.batch_size=1: the networks cannot take a batch of 1 (Expected more than 1 value per channel",
+    ),
+    (["experiment=ring", "data.batch_size=1"], 2, "not divisible by model.discriminator.pack=2"),
+    (
+        [
+            "+optim.generator_scheduler={_target_: torch.optim.lr_scheduler.ReduceLROnPlateau, _partial_: true}"
+        ],
+        2,
+        "optim.generator_scheduler: ReduceLROnPlateau steps on a monitored metric",
+    ),
+    (
+        ["data=folder", "data.root={tmp}/oneclass", "data.resolution=8", "data.batch_size=8"],
+        2,
+        "callbacks.image_eval.feature_extractor=classifier needs labelled images of at least 2 classes, and the data has 1",
+    ),
     # A schedule nested in a part is named by its own key.
     (
         [
@@ -235,6 +280,13 @@ def make_bad_data(tmp: Path) -> None:
     corrupt.mkdir(parents=True)
     for i in range(3):
         (corrupt / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    one_class = tmp / "oneclass" / "all"
+    one_class.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            one_class / f"{i}.png"
+        )
 
 
 def case_id(case: tuple) -> str:
@@ -265,6 +317,11 @@ CLI_CASES = [case for case in CASES if case[1] == 1] + [
         ["ckpt_path=missing.ckpt"],
         ["callbacks.image_eval.num_samples=3", "callbacks.sample_grid.rows=0"],
         ["trainer.devices=0"],
+        [
+            "penalty=r1",
+            "penalty._target_=user_parts.FloatPenalty",
+            "extra_target_prefixes=[user_parts.]",
+        ],
     )
 ]
 
@@ -280,6 +337,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future]
         completed = subprocess.run(
             [sys.executable, "-m", "gan_template", *args, f"hydra.run.dir={tmp / 'run'}"],
             cwd=tmp, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},  # user_parts.py
         )  # fmt: skip
         return tmp, completed
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from gan_template import models
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
+from gan_template.errors import ConfigError
 from gan_template.loggers import log_at_iteration
 from gan_template.metrics.classifier import (
     FeatureExtractor,
@@ -85,7 +86,18 @@ class ImageQualityEvaluation(EveryNIterations):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
-        if not getattr(datamodule, "num_classes", 0):
+        classes = getattr(datamodule, "num_classes", 0)
+        if self.feature_extractor == "classifier" and classes < 2:
+            # Refused now, not at the first evaluation: a classifier of one class (or none)
+            # gives features in which every image looks alike (FID near 0, recall 0).
+            raise ConfigError(
+                f"callbacks.image_eval.feature_extractor=classifier needs labelled images of at "
+                f"least 2 classes, and the data has {classes} (data=folder: one subfolder per "
+                "class). Sort the images into class folders, or set "
+                "callbacks.image_eval.feature_extractor=inception (pip install torch-fidelity), "
+                "or callbacks=default (no image metrics)"
+            )
+        if not classes:
             rank_zero_info(
                 "ImageQualityEvaluation: the data has no class labels; class coverage is off"
             )
