@@ -68,8 +68,15 @@ class DirectoryLock:
             import fcntl
         except ImportError:  # Windows: no flock
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:  # a read-only mount, no permission: the run could save nothing
+            raise RunDirectoryInUse(
+                f"gan_template: error: cannot write the run directory {self.directory} "
+                f"({error.strerror}): the run could save no checkpoint, log or picture. Give it a "
+                "directory it can write (hydra.run.dir=..., or hydra.sweep.dir=... for -m)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -259,6 +259,14 @@ CASES = [
     (
         [
             "penalty=r1",
+            "penalty.weight={_target_: gan_template.schedule.Cosine, start: 1, end: 0.1, iterations: 10, warmup: 50}",
+        ],
+        2,
+        "penalty.weight.warmup=50: must be in [0, iterations=10)",
+    ),
+    (
+        [
+            "penalty=r1",
             "penalty.interval={_target_: gan_template.schedule.Linear, start: 1, end: 4, iterations: 10}",
         ],
         2,

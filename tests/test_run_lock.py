@@ -84,3 +84,27 @@ def test_a_second_command_into_a_directory_in_use_exits_2_before_writing(tmp_pat
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]  # no .hydra/, no logs
     assert time.monotonic() - start < 60
+
+
+def test_a_run_directory_on_a_read_only_mount_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """A read-only file system (a tmpfs mounted ro; root ignores permission bits, not ro mounts)."""
+    mount = tmp_path / "readonly"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gan_template", "experiment=ring", "train.iterations=2",
+             f"hydra.run.dir={mount / 'new' / 'run'}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert (
+        f"cannot write the run directory {mount / 'new' / 'run'} (Read-only file system)"
+        in done.stderr
+    )
+    assert "Traceback" not in done.stderr
