@@ -228,6 +228,15 @@ CASES = [
         2,
         "penalty (user_parts.FloatPenalty) returned a float, not a tensor",
     ),
+    (
+        [
+            "experiment=ring",
+            "model.generator={_target_: user_parts.GeneratorWithoutLatentDim}",
+            "extra_target_prefixes=[user_parts.]",
+        ],
+        2,
+        "GeneratorWithoutLatentDim has no `latent_dim` attribute; every generator must set self.latent_dim",
+    ),
     # Values only a run would find: refused at start-up, named, with the fix.
     (
         ["experiment=grid", "data.batch_size=1"],

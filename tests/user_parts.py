@@ -35,3 +35,15 @@ class FloatPenalty(Penalty):
 def two_flags(metrics: Mapping[str, Tensor], iteration: int) -> Tensor:
     """Returns one flag per metric instead of one."""
     return torch.stack([value > 100 for value in metrics.values()])
+
+
+class GeneratorWithoutLatentDim(torch.nn.Module):
+    """A generator that does not say how large its noise is (``latent_dim``)."""
+
+    def __init__(self, data_dim: int = 2, **recipe_settings: object) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(8, data_dim)
+        self.sample_shape = (data_dim,)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
