@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import run, without_evaluation
+from PIL import Image
 
 from gan_template.loggers import EpochMeans
 from gan_template.module import GANModule
@@ -107,3 +109,28 @@ def test_diagnostics_on_log_steps_only_log_the_same_rows(make_config, tmp_path: 
     assert len(means) == 3 and all(m.items() <= f.items() for m, f in zip(means, full, strict=True))
     names = {name.removeprefix("epoch/") for row in means for name in row}
     assert names == {"d_loss", "g_loss", "d_penalty"} and not names & GANModule.DIAGNOSTICS
+
+
+def test_the_curves_picture_draws_each_logged_metric_and_leaves_out_the_others(
+    tmp_path: Path,
+) -> None:
+    from gan_template.callbacks.curves import plot_curves
+
+    table = tmp_path / "metrics.csv"
+    table.write_text(
+        "step,train/d_loss,train/g_loss,image/fid\n"
+        "10,1.2,0.7,\n20,1.1,0.8,\n20,,,35.5\n30,nan,0.9,\n40,1.0,1.0,20.25\n"
+    )
+    picture = tmp_path / "curves.png"
+    drawn = plot_curves(
+        table, picture, ["train/d_loss", "image/fid", "image/recall", "train/g_loss"]
+    )
+    assert drawn == ["train/d_loss", "image/fid", "train/g_loss"]  # recall was never logged
+    assert Image.open(picture).size == (1000, 600)  # 2 columns x 2 rows of 5 x 3 inches at 100 dpi
+
+
+def test_a_run_draws_its_curves_at_the_end(digits_run: dict) -> None:
+    picture = Path(digits_run["run_dir"]) / "curves.png"
+    assert Image.open(picture).size[0] == 1000
+    pixels = np.asarray(Image.open(picture).convert("L"), dtype=np.float32)
+    assert pixels.std() > 10  # lines and labels, not a blank page
