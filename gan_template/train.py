@@ -29,7 +29,7 @@ from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
 from gan_template.config import constructor_problem, invalid_config, validate
 from gan_template.contracts import check_contracts
-from gan_template.distributed import is_lost_rank, lost_rank
+from gan_template.distributed import end_process_group, is_lost_rank, lost_rank
 from gan_template.environment import avoid_per_step_gpu_probing
 from gan_template.errors import ConfigError, UserInputError, WriteError
 from gan_template.module import GANModule
@@ -371,6 +371,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         # The data modules shard per rank themselves (data/sampling.py).
         use_distributed_sampler=False,
     )
+    lost = False
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if module.stop_reason is not None:
@@ -378,12 +379,16 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         final_metrics = write_final_metrics(trainer, module, run_dir)
     except Exception as error:
         if is_lost_rank(error):
+            lost = True
             raise lost_rank(
                 error, trainer.global_rank, module.iteration, saved_checkpoint(trainer)
             ) from error
         if is_disk_full(error):
             raise disk_full(error, module.iteration, saved_checkpoint(trainer)) from error
         raise
+    finally:
+        if not lost:  # a group with a lost rank is left to the exit: NCCL's destroy may wait on it
+            end_process_group()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {
         "run_dir": str(run_dir),

@@ -149,3 +149,64 @@ def test_cached_classifiers_are_keyed_by_the_data_not_only_its_name() -> None:
     assert data_fingerprint(images, labels) == same
     assert data_fingerprint(images.flip(0), labels) != same  # another folder of the same size
     assert data_fingerprint(images, (labels + 1) % 10) != same
+
+
+@pytest.fixture(scope="module")
+def inception_weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Inception-v3 weights in torch-fidelity's format, random (no download): a stand-in file.
+
+    The network is built once with its loader told to load nothing; its fresh
+    weights are saved, and the run under test loads that file as it would the real one.
+    """
+    fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    path = tmp_path_factory.mktemp("inception") / "pt_inception-random.pth"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(
+            fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None
+        )
+        network = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def test_unlabelled_images_get_fid_kid_and_prdc_offline_from_a_local_inception_file(
+    tmp_path: Path, inception_weights_file: Path
+) -> None:
+    folder = tmp_path / "images" / "all"  # one folder: no labels
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    cfg = compose_config(
+        [*FAST, "data=folder", f"data.root={folder.parent}", "data.resolution=8", "data.batch_size=8",
+         "train.iterations=2", "callbacks.image_eval.feature_extractor=inception",
+         f"callbacks.image_eval.inception_weights={inception_weights_file}",
+         "callbacks.image_eval.num_samples=8", "callbacks.image_eval.kid_subset_size=4"],
+        tmp_path / "run",
+    )  # fmt: skip
+    result = run(cfg)
+    final = result["final_metrics"]
+    for name in ("fid", "kid_mean", "precision", "recall", "density", "coverage"):
+        assert np.isfinite(final[f"image/{name}"]), (name, final)
+    assert "image/class_kl" not in final  # no labels: no class coverage
+    evaluation = next(
+        c for c in result["module"].trainer.callbacks if isinstance(c, ImageQualityEvaluation)
+    )
+    loaded = evaluation._extractor.inception.state_dict()
+    saved = torch.load(inception_weights_file, weights_only=True)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)  # the local file, not a download
+
+
+def test_a_missing_inception_weights_file_is_refused_at_start_up(tmp_path: Path) -> None:
+    from gan_template.errors import ConfigError
+
+    cfg = compose_config(
+        [*FAST, "callbacks.image_eval.feature_extractor=inception",
+         f"callbacks.image_eval.inception_weights={tmp_path / 'nowhere.pth'}"],
+        tmp_path / "run",
+    )  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"callbacks.image_eval.inception_weights='.*nowhere.pth' is not a file"
+    ):
+        run(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -37,8 +38,11 @@ class ImageQualityEvaluation(EveryNIterations):
         num_samples: generated (and real) images per evaluation.
         feature_extractor: ``classifier`` (offline: a small CNN trained on the
             dataset's labelled images, cached under ``cache_dir``) or ``inception``
-            (torchmetrics' Inception-v3; needs ``pip install torch-fidelity`` and
-            internet on first use; FIDs comparable with papers).
+            (torchmetrics' Inception-v3; needs ``pip install torch-fidelity``; FIDs
+            comparable with papers; the only choice for unlabelled images).
+        inception_weights: a local file of the Inception-v3 weights (torch-fidelity's
+            ``pt_inception-2015-12-05-6726825d.pth``): no download, for compute
+            nodes without internet. None downloads them once.
         kid_subset_size: KID subset size (capped at ``num_samples``).
         confidence: classifier confidence for class coverage.
         cache_dir: where the offline classifier is cached (default
@@ -51,6 +55,7 @@ class ImageQualityEvaluation(EveryNIterations):
         every_n_iterations: int = 1000,
         num_samples: int = 1000,
         feature_extractor: str = "classifier",
+        inception_weights: str | None = None,
         kid_subset_size: int = 500,
         confidence: float = 0.9,
         cache_dir: str | None = None,
@@ -61,6 +66,16 @@ class ImageQualityEvaluation(EveryNIterations):
                 f"feature_extractor={feature_extractor!r} must be 'classifier' (offline) or 'inception'"
             )
         # Checked here, not at the first evaluation: a run must not train for an hour first.
+        if feature_extractor == "inception" and importlib.util.find_spec("torch_fidelity") is None:
+            raise ValueError(
+                "feature_extractor='inception' needs the torch-fidelity package: "
+                'pip install -e ".[inception]"'
+            )
+        if inception_weights is not None and not Path(inception_weights).expanduser().is_file():
+            raise ValueError(
+                f"inception_weights={inception_weights!r} is not a file; give the path of the "
+                "Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth), or null to download them"
+            )
         neighbours = max(PRDC_NEAREST_K)
         if num_samples <= neighbours:
             raise ValueError(
@@ -75,6 +90,9 @@ class ImageQualityEvaluation(EveryNIterations):
         super().__init__(every_n_iterations)
         self.num_samples = num_samples
         self.feature_extractor = feature_extractor
+        self.inception_weights = (
+            str(Path(inception_weights).expanduser()) if inception_weights is not None else None
+        )
         self.kid_subset_size = kid_subset_size
         self.confidence = confidence
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -94,7 +112,8 @@ class ImageQualityEvaluation(EveryNIterations):
                 f"callbacks.image_eval.feature_extractor=classifier needs labelled images of at "
                 f"least 2 classes, and the data has {classes} (data=folder: one subfolder per "
                 "class). Sort the images into class folders, or set "
-                "callbacks.image_eval.feature_extractor=inception (pip install torch-fidelity), "
+                "callbacks.image_eval.feature_extractor=inception (pip install torch-fidelity; "
+                "callbacks.image_eval.inception_weights=<file> works offline), "
                 "or callbacks=default (no image metrics)"
             )
         if not classes:
@@ -107,7 +126,7 @@ class ImageQualityEvaluation(EveryNIterations):
             return
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
         self._real = datamodule.real_samples(self.num_samples, seed=self.seed)
-        if datamodule.num_classes:
+        if datamodule.num_classes >= 2:  # one class: nothing to classify
             # The classifier trains on the full labelled set (its own held-out split inside).
             images, labels = datamodule.real_samples(len(datamodule.evaluation_dataset), seed=0)
             # Keyed by the data itself, not only its name: two image folders of the
@@ -122,7 +141,7 @@ class ImageQualityEvaluation(EveryNIterations):
             counts = torch.bincount(labels, minlength=datamodule.num_classes).double()
             self._data_class_probs = counts / counts.sum()
         if self.feature_extractor == "inception":
-            self._extractor = _InceptionFeatures()
+            self._extractor = _InceptionFeatures(self.inception_weights)
         elif self._classifier is not None:
             self._extractor = FeatureExtractor(self._classifier)
         else:
@@ -183,11 +202,15 @@ class _InceptionFeatures(nn.Module):
 
     num_features = 2048
 
-    def __init__(self) -> None:
+    def __init__(self, weights: str | None = None) -> None:
         super().__init__()
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        self.inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+        self.inception = NoTrainInceptionV3(
+            name="inception-v3-compat",
+            features_list=["2048"],
+            feature_extractor_weights_path=weights,  # None: download once
+        )
 
     def forward(self, images01: Tensor) -> Tensor:
         images = (images01.expand(-1, 3, -1, -1) * 255).to(torch.uint8)
