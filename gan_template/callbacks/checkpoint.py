@@ -176,7 +176,9 @@ class _SaveBeforePeriodicRuns(Callback):
     ) -> None:
         module = as_gan_module(pl_module)
         due = self.checkpoint.due(module)
-        periodic = [c for c in trainer.callbacks if isinstance(c, EveryNIterations)]  # type: ignore[attr-defined]
-        if due is not None and any(callback.due(module) for callback in periodic):
+        if due is None:  # most iterations: nothing more to look at
+            return
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        if any(c.due(module) for c in callbacks if isinstance(c, EveryNIterations)):
             self.checkpoint._save(trainer, module.iteration, numbered=due == "numbered")
             self.checkpoint._saved_before_periodic_runs = module.iteration
