@@ -127,21 +127,11 @@ class ImageQualityEvaluation(EveryNIterations):
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
         self._real = datamodule.real_samples(self.num_samples, seed=self.seed)
         if datamodule.num_classes >= 2:  # one class: nothing to classify
-            # The classifier trains on the full labelled set (its own held-out split inside).
-            images, labels = datamodule.real_samples(len(datamodule.evaluation_dataset), seed=0)
-            # Keyed by the data itself, not only its name: two image folders of the
-            # same size must not share a classifier.
-            fingerprint = data_fingerprint(images, labels)
-            name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_{fingerprint}_v1.pt"
-            classifier, accuracy = load_or_train_classifier(
-                self.cache_dir / name, images, labels, datamodule.num_classes
+            self._classifier, self._data_class_probs = offline_classifier(
+                datamodule, self.cache_dir
             )
-            rank_zero_info(f"Offline classifier for metrics: held-out accuracy {accuracy:.3f}")
-            self._classifier = classifier
-            counts = torch.bincount(labels, minlength=datamodule.num_classes).double()
-            self._data_class_probs = counts / counts.sum()
         if self.feature_extractor == "inception":
-            self._extractor = _InceptionFeatures(self.inception_weights)
+            self._extractor = InceptionFeatures(self.inception_weights)
         elif self._classifier is not None:
             self._extractor = FeatureExtractor(self._classifier)
         else:
@@ -188,6 +178,29 @@ class ImageQualityEvaluation(EveryNIterations):
         return result
 
 
+def offline_classifier(
+    datamodule: L.LightningDataModule, cache_dir: Path
+) -> tuple[SmallClassifier, Tensor]:
+    """The small classifier of a labelled image set (trained once, cached), and its class frequencies.
+
+    It trains on the full labelled set (its own held-out split inside). Cached by
+    the data itself, not only its name: two image folders of the same size must
+    not share a classifier.
+    """
+    images, labels = datamodule.real_samples(len(datamodule.evaluation_dataset), seed=0)  # type: ignore[attr-defined]
+    fingerprint = data_fingerprint(images, labels)
+    name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_{fingerprint}_v1.pt"  # type: ignore[attr-defined]
+    classifier, accuracy = load_or_train_classifier(
+        cache_dir / name,
+        images,
+        labels,
+        datamodule.num_classes,  # type: ignore[attr-defined]
+    )
+    rank_zero_info(f"Offline classifier for metrics: held-out accuracy {accuracy:.3f}")
+    counts = torch.bincount(labels, minlength=datamodule.num_classes).double()  # type: ignore[attr-defined]
+    return classifier, counts / counts.sum()
+
+
 def data_fingerprint(images: Tensor, labels: Tensor) -> str:
     """A short hash of a labelled image set (its size, labels and a spread of its images)."""
     step = max(1, len(images) // 256)
@@ -197,7 +210,7 @@ def data_fingerprint(images: Tensor, labels: Tensor) -> str:
     return digest.hexdigest()[:12]
 
 
-class _InceptionFeatures(nn.Module):
+class InceptionFeatures(nn.Module):
     """torchmetrics' Inception-v3 pool features (2048-d) for images in [0, 1], grey made RGB."""
 
     num_features = 2048

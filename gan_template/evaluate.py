@@ -1,0 +1,249 @@
+"""``python -m gan_template.evaluate CKPT``: FID, KID, precision, recall, density, coverage as papers report them.
+
+    python -m gan_template.evaluate <run dir>/checkpoints/last.ckpt            # 50,000 samples
+    python -m gan_template.evaluate CKPT --feature-extractor inception --inception-weights FILE
+
+``--n`` samples of the checkpoint's generator (its EMA by default) against the
+*whole* training set of its run (``data`` of the stored run config), as
+StyleGAN2-ADA's ``fid50k_full`` does; the periodic evaluation during training
+uses a smaller N for speed. The samples are generated, embedded and dropped
+batch by batch: only their features are kept (FID itself keeps two running
+sums), never N images. The reference set's features are computed once and
+cached under ``--cache-dir``, keyed by the data (a fingerprint of its images),
+its resolution and channels, the extractor and its weights; changed data or
+weights make a new entry. The JSON written records the protocol: the
+extractor and its weights' hash, N, the seed and the reference set.
+
+Not yet: sharding the samples over the ranks of a DDP job (one process does all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gan_template import models
+from gan_template.checkpoint_io import write_atomically
+from gan_template.errors import UserInputError
+
+#: Batches of images embedded at once (samples and reference).
+BATCH_SIZE = 500
+
+
+class PassThrough(nn.Module):
+    """Features in, features out: torchmetrics' FID and KID take a feature module; ours ran already."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def feature_metrics(real: Tensor, fake: Tensor, kid_subset_size: int = 1000) -> dict[str, float]:
+    """FID, KID (mean, std), precision, recall, density and coverage of two feature sets."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from gan_template.metrics.images import PRDC_NEAREST_K
+    from gan_template.metrics.prdc import precision_recall_density_coverage
+
+    features = PassThrough(real.shape[1])
+    fid = FrechetInceptionDistance(feature=features)
+    kid = KernelInceptionDistance(
+        feature=features, subset_size=min(kid_subset_size, len(real), len(fake))
+    )
+    for chunk, is_real in [*((c, True) for c in real.split(BATCH_SIZE)), *((c, False) for c in fake.split(BATCH_SIZE))]:  # fmt: skip
+        fid.update(chunk, real=is_real)
+        kid.update(chunk, real=is_real)
+    with torch.random.fork_rng():  # KID draws its subsets from the global generator
+        torch.manual_seed(0)
+        kid_mean, kid_std = kid.compute()
+    prdc = precision_recall_density_coverage(real, fake, *PRDC_NEAREST_K)
+    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)} | {
+        name: float(value) for name, value in prdc.items()
+    }
+
+
+@torch.no_grad()
+def embed(extractor: nn.Module, images: Tensor, device: str) -> Tensor:
+    """Features of images in [-1, 1], on the CPU as float32."""
+    from gan_template.metrics.images import to_unit_range
+
+    return extractor(to_unit_range(images).to(device)).float().cpu()
+
+
+@torch.no_grad()
+def generated_features(
+    generator: nn.Module, extractor: nn.Module, n: int, seed: int, device: str
+) -> Tensor:
+    """Features of ``n`` samples, generated and embedded a batch at a time (no n images held)."""
+    rng = torch.Generator().manual_seed(seed)
+    classes = models.num_classes(generator)
+    chunks = []
+    for start in range(0, n, BATCH_SIZE):
+        count = min(BATCH_SIZE, n - start)
+        noise = torch.randn(count, models.latent_dim(generator), generator=rng)
+        labels = (torch.arange(start, start + count) % classes) if classes else None
+        chunks.append(embed(extractor, models.generate(generator, noise, labels), device))
+    return torch.cat(chunks)
+
+
+def reference_features(
+    datamodule: Any, extractor: nn.Module, extractor_id: str, cache_dir: Path, device: str
+) -> tuple[Tensor, dict[str, Any]]:
+    """Features of every training image, cached per (data, resolution, channels, extractor)."""
+    from gan_template.callbacks.image_eval import data_fingerprint
+
+    dataset = datamodule.evaluation_dataset
+    images, labels = datamodule.real_samples(len(dataset), seed=0)
+    reference = {
+        "data": datamodule.name,
+        "size": len(images),
+        "resolution": datamodule.resolution,
+        "channels": datamodule.channels,
+        "fingerprint": data_fingerprint(images, labels),
+    }
+    key = hashlib.sha1(json.dumps([reference, extractor_id], sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
+    path = cache_dir / f"reference_{reference['data']}_{key}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True), reference | {"cache": str(path), "cached": True}
+    features = torch.cat([embed(extractor, chunk, device) for chunk in images.split(BATCH_SIZE)])
+    write_atomically(path, lambda file: torch.save(features, file))
+    return features, reference | {"cache": str(path), "cached": False}
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def feature_extractor(
+    args: argparse.Namespace, datamodule: Any, cache_dir: Path
+) -> tuple[nn.Module, dict[str, str]]:
+    """The extractor and what identifies it (name and weights), as the JSON records it."""
+    from gan_template.callbacks.image_eval import InceptionFeatures, offline_classifier
+    from gan_template.metrics.classifier import FeatureExtractor
+
+    if args.feature_extractor == "inception":
+        weights = args.inception_weights
+        identity = {
+            "name": "inception-v3-compat (torch-fidelity)",
+            "weights_sha256": file_sha256(weights) if weights else "downloaded",
+        }
+        return InceptionFeatures(weights).eval(), identity
+    if datamodule.num_classes < 2:
+        raise UserInputError(
+            f"--feature-extractor classifier needs labelled images of at least 2 classes, and "
+            f"data.name={datamodule.name} has {datamodule.num_classes}; use --feature-extractor "
+            "inception (--inception-weights FILE works offline)"
+        )
+    classifier, _ = offline_classifier(datamodule, cache_dir)
+    weights_hash = hashlib.sha256(
+        b"".join(t.numpy().tobytes() for t in classifier.state_dict().values())
+    ).hexdigest()
+    return FeatureExtractor(classifier).eval(), {
+        "name": "offline classifier (gan_template)",
+        "weights_sha256": weights_hash,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from gan_template.callbacks.image_eval import default_cache_dir
+    from gan_template.sample import positive_int
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gan_template.evaluate", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "ckpt", help="a checkpoint of a run on images (<run dir>/checkpoints/*.ckpt)"
+    )
+    parser.add_argument("--n", type=positive_int, default=50_000, help="samples (default 50,000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples' noise")
+    parser.add_argument(
+        "--feature-extractor", choices=("classifier", "inception"), default="classifier"
+    )
+    parser.add_argument("--inception-weights", help="local Inception-v3 weights file (no download)")
+    parser.add_argument("--kid-subset-size", type=positive_int, default=1000)
+    parser.add_argument("--no-ema", action="store_true", help="the raw generator, not its EMA")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="reference features and classifiers (default: the template's cache)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="the JSON (default: <run dir>/evaluation_<n>.json)"
+    )
+    args = parser.parse_args(argv)
+    if args.inception_weights is not None and not Path(args.inception_weights).is_file():
+        parser.error(f"--inception-weights {args.inception_weights} is not a file")
+    args.cache_dir = (args.cache_dir or default_cache_dir()).expanduser()
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate and write the JSON; returns what it wrote."""
+    from gan_template.sample import load_generator
+    from gan_template.train import build
+
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        generator, cfg = load_generator(args.ckpt, use_ema=not args.no_ema, device=args.device)
+        if cfg.data.get("resolution") is None:
+            raise UserInputError(
+                f"{args.ckpt} is a run on toy data: its metrics are toy/* (mode coverage), not images"
+            )
+        datamodule = build(cfg.data, "data")
+        datamodule.setup("fit")
+        extractor, extractor_id = feature_extractor(args, datamodule, args.cache_dir)
+        extractor.to(args.device)
+        real, reference = reference_features(
+            datamodule,
+            extractor,
+            json.dumps(extractor_id, sort_keys=True),
+            args.cache_dir,
+            args.device,
+        )
+        fake = generated_features(generator, extractor, args.n, args.seed, args.device)
+    except UserInputError as error:
+        print(f"gan_template.evaluate: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    record = {
+        "checkpoint": str(Path(args.ckpt).resolve()),
+        "protocol": {
+            "n": args.n,
+            "seed": args.seed,
+            "generator": "raw" if args.no_ema else "ema",
+            "extractor": extractor_id,
+            "reference": reference,
+            "kid_subset_size": min(args.kid_subset_size, len(real), len(fake)),
+        },
+        "metrics": feature_metrics(real, fake, args.kid_subset_size),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    out = args.out or Path(args.ckpt).resolve().parent.parent / f"evaluation_{args.n}.json"
+    write_atomically(out, lambda file: file.write(json.dumps(record, indent=2).encode()))
+    print(json.dumps(record["metrics"], indent=2))
+    print(f"Wrote {out}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
