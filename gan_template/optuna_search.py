@@ -126,14 +126,15 @@ class OptunaSearch:
         global _running
         import optuna
 
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=self._storage(),
-            sampler=self.sampler,
-            pruner=self.pruner,
-            direction="maximize" if self.direction == "maximize" else "minimize",
-            load_if_exists=True,
-        )
+        with self._lock():  # workers started at once would each create the storage's tables
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=self._storage(),
+                sampler=self.sampler,
+                pruner=self.pruner,
+                direction="maximize" if self.direction == "maximize" else "minimize",
+                load_if_exists=True,
+            )
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         while (trial := self._next_trial(study)) is not None:
