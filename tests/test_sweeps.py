@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -141,12 +142,25 @@ def start_worker(tmp_path: Path, sweep: Path, storage: str, *overrides: str) -> 
 
 def study_trials(storage: str) -> list:
     import optuna
+    from optuna.storages.journal import JournalFileBackend
 
-    return optuna.load_study(study_name="toy", storage=storage).get_trials(deepcopy=False)
+    opened: Any = storage
+    if storage.startswith("journal://"):  # the sweeper's spelling of Optuna's journal file
+        opened = optuna.storages.JournalStorage(
+            JournalFileBackend(storage.removeprefix("journal://"))
+        )
+    return optuna.load_study(study_name="toy", storage=opened).get_trials(deepcopy=False)
 
 
-def test_two_workers_fill_one_study_without_duplicate_or_lost_trials(tmp_path: Path) -> None:
-    sweep, storage = tmp_path / "sweep", f"sqlite:///{tmp_path / 'optuna.db'}"
+@pytest.mark.parametrize(
+    "storage",
+    ["sqlite:///{tmp}/optuna.db", "journal:///{tmp}/optuna.log"],
+    ids=["sqlite", "journal"],
+)
+def test_two_workers_fill_one_study_without_duplicate_or_lost_trials(
+    tmp_path: Path, storage: str
+) -> None:
+    sweep, storage = tmp_path / "sweep", storage.format(tmp=tmp_path)
     workers = [
         start_worker(tmp_path, sweep, storage, "hydra.sweeper.n_trials=6", "train.iterations=20")
         for _ in range(2)
