@@ -159,11 +159,12 @@ class OptunaSearch:
                 write_trial_file(
                     sweep_dir / str(trial.number), trial.number, state.name, value, trial.params
                 )
-        log.info(f"Study {self.study_name}: best value {best_value(study)}")
+        best = best_value(study)
+        log.info(f"Study {self.study_name}: best value {best}")
         with open(sweep_dir / "optimization_results.yaml", "w") as file:
             OmegaConf.save(
-                {"study_name": self.study_name, "best_value": best_value(study),
-                 "best_params": study.best_params if best_value(study) is not None else {}},
+                {"study_name": self.study_name, "best_value": best,
+                 "best_params": study.best_params if best is not None else {}},
                 file,
             )  # fmt: skip
 

@@ -92,10 +92,20 @@ class IterationCheckpoint(Callback):
 
         An evaluation can fail (a setting only it uses) or be killed (a scheduler's
         SIGKILL during a long final evaluation); the training of the iteration is
-        on disk by then. This callback, placed last, writes ``last.ckpt`` again
-        after them.
+        on disk by then. This checkpoint callback itself, placed last, writes
+        ``last.ckpt`` again after them.
         """
         return _SaveBeforePeriodicRuns(self)
+
+    def save_before_periodic_runs(self, trainer: L.Trainer, module: GANModule) -> None:
+        """Save now if a checkpoint is due and an evaluation or grid runs in this batch."""
+        due = self.due(module)
+        if due is None:  # most iterations: nothing more to look at
+            return
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        if any(c.due(module) for c in callbacks if isinstance(c, EveryNIterations)):
+            self._save(trainer, module.iteration, numbered=due == "numbered")
+            self._saved_before_periodic_runs = module.iteration
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         iteration = as_gan_module(pl_module).iteration
@@ -174,11 +184,4 @@ class _SaveBeforePeriodicRuns(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        module = as_gan_module(pl_module)
-        due = self.checkpoint.due(module)
-        if due is None:  # most iterations: nothing more to look at
-            return
-        callbacks = trainer.callbacks  # type: ignore[attr-defined]
-        if any(c.due(module) for c in callbacks if isinstance(c, EveryNIterations)):
-            self.checkpoint._save(trainer, module.iteration, numbered=due == "numbered")
-            self.checkpoint._saved_before_periodic_runs = module.iteration
+        self.checkpoint.save_before_periodic_runs(trainer, as_gan_module(pl_module))

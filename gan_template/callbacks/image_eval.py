@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from gan_template import models
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
+from gan_template.data.images import ImageDataModule
 from gan_template.errors import ConfigError
 from gan_template.loggers import log_at_iteration
 from gan_template.metrics.classifier import (
@@ -71,7 +72,8 @@ class ImageQualityEvaluation(EveryNIterations):
                 "feature_extractor='inception' needs the torch-fidelity package: "
                 'pip install -e ".[inception]"'
             )
-        if inception_weights is not None and not Path(inception_weights).expanduser().is_file():
+        weights = Path(inception_weights).expanduser() if inception_weights is not None else None
+        if weights is not None and not weights.is_file():
             raise ValueError(
                 f"inception_weights={inception_weights!r} is not a file; give the path of the "
                 "Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth), or null to download them"
@@ -90,9 +92,7 @@ class ImageQualityEvaluation(EveryNIterations):
         super().__init__(every_n_iterations)
         self.num_samples = num_samples
         self.feature_extractor = feature_extractor
-        self.inception_weights = (
-            str(Path(inception_weights).expanduser()) if inception_weights is not None else None
-        )
+        self.inception_weights = str(weights) if weights is not None else None
         self.kid_subset_size = kid_subset_size
         self.confidence = confidence
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -179,7 +179,7 @@ class ImageQualityEvaluation(EveryNIterations):
 
 
 def offline_classifier(
-    datamodule: L.LightningDataModule, cache_dir: Path
+    datamodule: ImageDataModule, cache_dir: Path
 ) -> tuple[SmallClassifier, Tensor]:
     """The small classifier of a labelled image set (trained once, cached), and its class frequencies.
 
@@ -187,17 +187,15 @@ def offline_classifier(
     the data itself, not only its name: two image folders of the same size must
     not share a classifier.
     """
-    images, labels = datamodule.real_samples(len(datamodule.evaluation_dataset), seed=0)  # type: ignore[attr-defined]
+    assert datamodule.evaluation_dataset is not None, "setup() must run first"
+    images, labels = datamodule.real_samples(len(datamodule.evaluation_dataset), seed=0)  # type: ignore[arg-type]
     fingerprint = data_fingerprint(images, labels)
-    name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_{fingerprint}_v1.pt"  # type: ignore[attr-defined]
+    name = f"{datamodule.name}_{datamodule.channels}x{datamodule.resolution}_{fingerprint}_v1.pt"
     classifier, accuracy = load_or_train_classifier(
-        cache_dir / name,
-        images,
-        labels,
-        datamodule.num_classes,  # type: ignore[attr-defined]
+        cache_dir / name, images, labels, datamodule.num_classes
     )
     rank_zero_info(f"Offline classifier for metrics: held-out accuracy {accuracy:.3f}")
-    counts = torch.bincount(labels, minlength=datamodule.num_classes).double()  # type: ignore[attr-defined]
+    counts = torch.bincount(labels, minlength=datamodule.num_classes).double()
     return classifier, counts / counts.sum()
 
 
