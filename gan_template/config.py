@@ -80,6 +80,22 @@ def validate(cfg: DictConfig) -> None:
                 + ("" if section in ("loss", "skip", "module") else " or null")
                 + f"; choose an option of conf/{section}/ ({section}=<option>) or give a _target_"
             )
+    regularizers: Any = cfg.get("regularizers")
+    if regularizers is None:
+        regularizers = {}
+    elif not isinstance(regularizers, DictConfig):
+        problems.append(
+            f"regularizers={regularizers!r}: must be a mapping of names to "
+            "{_target_: ...} nodes; choose options of conf/regularizers/ (regularizers=[path_length])"
+        )
+        regularizers = {}
+    for name in map(str, regularizers):
+        node = regularizers[name]
+        if node is not None and not (isinstance(node, DictConfig) and "_target_" in node):
+            problems.append(
+                f"regularizers.{name}={node!r}: must be a {{_target_: ...}} node or null "
+                "(an option of conf/regularizers/, or a regulariser of your own)"
+            )
     allowed = (*ALLOWED_TARGET_PREFIXES, *cfg.get("extra_target_prefixes", []))
     targets = _target_nodes(cfg)
     for key, node in targets:
@@ -115,6 +131,21 @@ def validate(cfg: DictConfig) -> None:
                     part(nn.Identity())
             except (InstantiationException, ValueError) as error:  # a partial raises directly
                 problems.append(constructor_problem(section, error))
+    for name in map(str, regularizers):
+        if regularizers[name] is None:
+            continue
+        key = f"regularizers.{name}"
+        try:
+            regularizer = instantiate(regularizers[name])
+        except (InstantiationException, ValueError) as error:
+            problems.append(constructor_problem(key, error))
+            continue
+        need(
+            getattr(regularizer, "update", None) in ("discriminator", "generator"),
+            f"{key}._target_",
+            "must build a regulariser of the discriminator's or the generator's update: a "
+            "subclass of gan_template.penalties.Penalty or GeneratorRegularizer",
+        )
     # Single settings whose range their owner's constructor checks.
     for key, owner in SETTINGS_CHECKED_BY_THEIR_OWNER.items():
         try:

@@ -18,15 +18,15 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from gan_template.errors import ConfigError
-from gan_template.losses import AdversarialLoss
-from gan_template.penalties import DiscriminatorPass, Penalty
+from gan_template.losses import AdversarialLoss, split_terms
+from gan_template.penalties import DiscriminatorPass, Penalty, Regularizer
 
 #: Stand-in samples per check: enough for batch statistics, few enough to cost nothing.
 SAMPLES = 4
@@ -37,8 +37,13 @@ def check_contracts(
     penalty: Penalty | None,
     predicate: Any,
     sample_shape: Sequence[int],
+    regularizers: Mapping[str, Regularizer] | None = None,
 ) -> None:
-    """Raise :class:`ConfigError` naming every part whose contract a dry call breaks."""
+    """Raise :class:`ConfigError` naming every part whose contract a dry call breaks.
+
+    The discriminator's regularisers are called through the stand-in; the
+    generator's need a generator, so their first call is the first iteration's.
+    """
     generator = torch.Generator().manual_seed(0)
     real = torch.randn(SAMPLES, *sample_shape, generator=generator)
     fake = torch.randn(SAMPLES, *sample_shape, generator=generator)
@@ -55,10 +60,16 @@ def check_contracts(
         problem = _scalar_problem(getattr(loss, method), arguments)
         if problem:
             problems.append(f"loss ({_name(loss)}).{method}(...) {problem}")
-    if penalty is not None:
-        problem = _penalty_problem(copy.deepcopy(penalty), judge, real, fake)
-        if problem:
-            problems.append(f"penalty ({_name(penalty)}) {problem}")
+    penalties = {"penalty": penalty} | {
+        f"regularizers.{name}": r
+        for name, r in (regularizers or {}).items()
+        if getattr(r, "update", None) == "discriminator"
+    }
+    for key, part in penalties.items():
+        if part is not None:
+            problem = _penalty_problem(copy.deepcopy(part), judge, real, fake)
+            if problem:
+                problems.append(f"{key} ({_name(part)}) {problem}")
     if predicate is not None:
         metrics = {"d_loss": judge(real).mean().detach(), "g_loss": judge(fake).mean().detach()}
         problem = _flag_problem(predicate, metrics)
@@ -88,7 +99,7 @@ def _scalar_problem(method: Any, arguments: tuple[Tensor, ...]) -> str | None:
     return _tensor_problem(value)
 
 
-def _penalty_problem(penalty: Penalty, judge: Any, real: Tensor, fake: Tensor) -> str | None:
+def _penalty_problem(penalty: Regularizer, judge: Any, real: Tensor, fake: Tensor) -> str | None:
     if penalty.input_gradients:
         outputs = DiscriminatorPass.of(judge, real, fake)
     else:  # as the module calls it: images that do not require gradients
@@ -111,6 +122,13 @@ def _penalty_problem(penalty: Penalty, judge: Any, real: Tensor, fake: Tensor) -
 
 
 def _tensor_problem(value: Any) -> str | None:
+    if isinstance(value, tuple):  # (value, terms): the value is the contract's
+        try:
+            value, terms = split_terms(value)
+        except ValueError:
+            return "returned a tuple that is not (value, {name: term}): return a 0-d tensor"
+        if not isinstance(terms, Mapping):
+            return f"returned terms as a {type(terms).__name__}: give them as {{name: tensor}}"
     if not isinstance(value, Tensor):
         return (
             f"returned a {type(value).__name__}, not a tensor: return a 0-d tensor that keeps the "

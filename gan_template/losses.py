@@ -13,9 +13,25 @@ if you like (``docs/extending.md``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeAlias
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+#: What a loss or regulariser may return: its value, or its value and named terms to log
+#: (``(r1 + r2, {"r1": r1, "r2": r2})``). The module logs each term beside the value as
+#: ``<value's name>/<term>`` (``d_penalty/r1``), detached, with no host sync of its own.
+Reported: TypeAlias = "Tensor | tuple[Tensor, Mapping[str, Tensor]]"
+
+
+def split_terms(result: Reported) -> tuple[Tensor, Mapping[str, Tensor]]:
+    """``(value, terms)`` of what a part returned (no terms when it returned a tensor)."""
+    if isinstance(result, Tensor):
+        return result, {}
+    value, terms = result
+    return value, terms
 
 
 def non_saturating_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -85,10 +101,13 @@ class AdversarialLoss:
     #: The generator's loss reads D(real) too: the G update needs a D forward on real data.
     pairs_real_and_fake: bool = False
 
-    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    # Either may return ``(loss, {"name": term, ...})`` to have terms logged as
+    # ``d_loss/<name>`` or ``g_loss/<name>`` (``Reported``).
+
+    def discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Reported:
         raise NotImplementedError
 
-    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+    def generator_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Reported:
         raise NotImplementedError
 
     def __repr__(self) -> str:

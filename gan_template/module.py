@@ -41,8 +41,14 @@ from gan_template.ema import GeneratorEMA
 from gan_template.errors import ConfigError
 from gan_template.lightning_internals import disable_sigterm_broadcast, precision_scaler
 from gan_template.loggers import EpochMeans, as_numbers, log_at_iteration
-from gan_template.losses import AdversarialLoss, NonSaturating, discriminator_statistics
-from gan_template.penalties import DiscriminatorPass, Penalty
+from gan_template.losses import (
+    AdversarialLoss,
+    NonSaturating,
+    Reported,
+    discriminator_statistics,
+    split_terms,
+)
+from gan_template.penalties import DiscriminatorPass, GeneratorPass, Penalty, Regularizer
 from gan_template.resume import gather_rng_states, restore_rng_state
 from gan_template.schedule import ScheduledHyperparameters, StepSchedule
 from gan_template.skip import SkipRule
@@ -91,8 +97,12 @@ class GANModule(L.LightningModule):
             ``lr`` and ``betas`` may hold schedules (``schedule.py``).
         scheduler_g / scheduler_d: optional ``optimizer -> LRScheduler``, stepped once per iteration.
         loss: the adversarial loss (``losses.py``); None: non-saturating.
-        penalty: the discriminator regulariser (``penalties.py``) or None; its
-            ``interval`` sets lazy regularisation.
+        penalty: the discriminator's regulariser (``penalties.py``) or None; its
+            ``interval`` sets lazy regularisation. Logged as ``d_penalty``.
+        regularizers: more regularisers by name, of either update (each names
+            its ``update``: "discriminator" or "generator"), each with its own
+            weight and interval: ``{"path_length": PathLength()}``. Logged as
+            ``d_reg/<name>`` or ``g_reg/<name>``.
         augment: applied to real and generated images before every discriminator
             call (``augment.py``: DiffAugment); None: no augmentation.
         skip: what flags an update and skips its iteration (``skip.py``).
@@ -127,6 +137,7 @@ class GANModule(L.LightningModule):
         scheduler_d: SchedulerFactory | None = None,
         loss: AdversarialLoss | None = None,
         penalty: Penalty | None = None,
+        regularizers: Mapping[str, Regularizer] | None = None,
         augment: Callable[[Tensor], Tensor] | None = None,
         skip: SkipRule | None = None,
         ema: EMAFactory | None = GeneratorEMA,
@@ -147,7 +158,30 @@ class GANModule(L.LightningModule):
         self.generator_ema = ema(generator) if ema is not None else None
         self.adversarial_loss = loss if loss is not None else NonSaturating()
         self.penalty = penalty
-        self.schedule = StepSchedule(n_critic, penalty.interval if penalty is not None else 1)
+        # A regulariser set to null (regularizers.lecam=null) is off.
+        self.regularizers = {n: r for n, r in (regularizers or {}).items() if r is not None}
+        # Stateful regularisers (path length's running mean) are submodules: saved in
+        # checkpoints, moved to the device, restored when an iteration is skipped.
+        self.regularizer_state = nn.ModuleDict(
+            {name: r for name, r in self.regularizers.items() if isinstance(r, nn.Module)}
+        )
+        # Each update's regularisers, as (the name its value is logged under, regulariser).
+        by_update: dict[str, list[tuple[str, Regularizer]]] = {
+            "discriminator": [] if penalty is None else [("d_penalty", penalty)],
+            "generator": [],
+        }
+        for name, regularizer in self.regularizers.items():
+            update = getattr(regularizer, "update", None)
+            if update not in by_update:
+                raise ValueError(
+                    f"regularizers.{name}: its update is {update!r}; a regulariser subclasses "
+                    "gan_template.penalties.Penalty (the discriminator's update) or "
+                    "GeneratorRegularizer (the generator's)"
+                )
+            by_update[update].append((f"{update[0]}_reg/{name}", regularizer))
+        self._discriminator_regularizers = tuple(by_update["discriminator"])
+        self._generator_regularizers = tuple(by_update["generator"])
+        self.schedule = StepSchedule(n_critic)
         self.augment = augment
         # Adaptive augmentation (augment.AdaptiveAugment) tunes itself from D(real).
         self._augment_observes = callable(getattr(augment, "observe", None))
@@ -156,7 +190,13 @@ class GANModule(L.LightningModule):
 
         # Numbers that change over the run: set at the start of every iteration.
         self.hyperparameter_schedules = schedules = ScheduledHyperparameters()
-        parts = {"loss": loss, "penalty": penalty, "augment": augment, "ema": self.generator_ema}
+        parts: dict[str, object] = {
+            "loss": loss,
+            "penalty": penalty,
+            "augment": augment,
+            "ema": self.generator_ema,
+        }
+        parts |= {f"regularizers.{name}": r for name, r in self.regularizers.items()}
         for name, part in parts.items():
             schedules.bind(name, part)
         self.make_optimizer_g = schedules.optimizer_factory("generator", optimizer_g, scheduler_g)
@@ -255,27 +295,28 @@ class GANModule(L.LightningModule):
         pass (``penalties.DiscriminatorPass``); R1 and R2 differentiate its
         logits with respect to the images before augmentation.
         """
-        penalty = self.penalty
-        if penalty is not None and not self.schedule.penalty_due(self.discriminator_updates + k):
-            penalty = None
-        if penalty is not None and penalty.input_gradients:
+        update = self.discriminator_updates + k
+        due = [(key, r) for key, r in self._discriminator_regularizers if update % r.interval == 0]
+        if any(r.input_gradients for _, r in due):
             real, fake = real.detach().requires_grad_(True), fake.detach().requires_grad_(True)
         real_logits = self.judge(real, labels)
         fake_logits = self.judge(fake, labels)
-        loss = self.adversarial_loss.discriminator_loss(real_logits, fake_logits)
-        metrics = {"d_loss": loss}
+        metrics: dict[str, Tensor] = {}
+        loss = reported(
+            metrics, "d_loss", self.adversarial_loss.discriminator_loss(real_logits, fake_logits)
+        )
         if diagnose or self._predicate_reads_statistics:
             metrics |= discriminator_statistics(real_logits, fake_logits)
         if self._augment_observes:  # adaptive augmentation reads D's verdicts on real images
             metrics |= self.augment.observe(  # type: ignore[union-attr]
-                real_logits.detach(), self.discriminator_updates + k
+                real_logits.detach(), update
             )
         total = loss
-        if penalty is not None:
+        if due:
             judge = partial(self.judge, labels=labels)
-            value = penalty(DiscriminatorPass(judge, real, fake, real_logits, fake_logits))
-            metrics["d_penalty"] = value  # weighted, before the lazy scale
-            total = total + self.schedule.penalty_scale * value
+            outputs = DiscriminatorPass(judge, real, fake, real_logits, fake_logits)
+            for key, regularizer in due:  # logged weighted, before the lazy scale
+                total = total + regularizer.interval * reported(metrics, key, regularizer(outputs))
         norm = self.updates.apply(optimizer, total, metrics, measure_norm=diagnose)
         if norm is not None:
             metrics["d_grad_norm"] = norm
@@ -299,8 +340,22 @@ class GANModule(L.LightningModule):
                 real_logits = self.judge(real, labels)
         with frozen(self._discriminator_parameters):  # backward computes no D weight gradients
             fake_logits = self.judge(fake, labels)
-            loss = self.adversarial_loss.generator_loss(fake_logits, real_logits)
-            metrics = {"g_loss": loss}
+            metrics: dict[str, Tensor] = {}
+            loss = reported(
+                metrics, "g_loss", self.adversarial_loss.generator_loss(fake_logits, real_logits)
+            )
+            iteration = self.iteration
+            due = [
+                (key, r) for key, r in self._generator_regularizers if iteration % r.interval == 0
+            ]
+            if due:
+                outputs = GeneratorPass(
+                    self._generate, self.sample_latent, fake, fake_logits, labels
+                )
+                for key, regularizer in due:  # logged weighted, before the lazy scale
+                    loss = loss + regularizer.interval * reported(
+                        metrics, key, regularizer(outputs)
+                    )
             norm = self.updates.apply(optimizer, loss, metrics, measure_norm=diagnose)
             if norm is not None:
                 metrics["g_grad_norm"] = norm
@@ -350,8 +405,10 @@ class GANModule(L.LightningModule):
     def generate(self, n: int, keep_graph: bool, labels: Tensor | None = None) -> Tensor:
         """``n`` samples from the generator, with or without an autograd graph."""
         with torch.set_grad_enabled(keep_graph):
-            z = self.sample_latent(n)
-            return self.generator(z) if labels is None else self.generator(z, labels)
+            return self._generate(self.sample_latent(n), labels)
+
+    def _generate(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.generator(z) if labels is None else self.generator(z, labels)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         # Lightning calls this inside optimizer.step(), after unscaling 16-mixed gradients.
@@ -371,14 +428,21 @@ class GANModule(L.LightningModule):
         if not self.compile_networks or getattr(self, "_compiled", False):
             return
         self._compiled = True
-        self.generator.compile()  # in place: parameter names and checkpoints are unchanged
-        if self.penalty is None:
+        # Gradient penalties differentiate twice; torch.compile does not support
+        # double backward, so a network a regulariser differentiates stays eager.
+        if not self._generator_regularizers:
+            self.generator.compile()  # in place: parameter names and checkpoints are unchanged
+        else:
+            rank_zero_warn(
+                "train.compile: the generator is not compiled because a generator regulariser "
+                "is set (regularizers=[] compiles it)"
+            )
+        if not self._discriminator_regularizers:
             self.discriminator.compile()
         else:
-            # Gradient penalties differentiate twice; torch.compile does not support
-            # double backward, so the discriminator stays eager.
             rank_zero_warn(
-                "train.compile: the discriminator is not compiled because a penalty is set (penalty=none compiles it)"
+                "train.compile: the discriminator is not compiled because a penalty is set "
+                "(penalty=none compiles it)"
             )
 
     def on_train_start(self) -> None:
@@ -401,6 +465,8 @@ class GANModule(L.LightningModule):
         )
         if trainer.ckpt_path is not None:
             self._apply_configured_learning_rates()
+        elif trainer.world_size > 1:
+            draw_noise_per_rank(trainer.global_rank)
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
             trainer.should_stop = True
 
@@ -414,7 +480,7 @@ class GANModule(L.LightningModule):
         parts = [self.generator, self.discriminator]
         parts += [
             part
-            for part in (self.penalty, self.augment, self.adversarial_loss)
+            for part in (self.penalty, self.augment, self.adversarial_loss, self.regularizer_state)
             if isinstance(part, nn.Module)
         ]
         return [
@@ -583,6 +649,27 @@ class GANModule(L.LightningModule):
         if self.generator_ema is None:
             return self.generator
         return self.generator_ema.for_sampling()
+
+
+def draw_noise_per_rank(rank: int) -> None:
+    """Give each rank its own torch random stream (a fresh run; a resume restores each rank's).
+
+    Every process seeds the same (``seed_everything(cfg.seed)``), so without this
+    every rank would draw the same latents: the fake half of each update would be
+    one batch repeated on all ranks. (StyleGAN2-ADA seeds ``seed * ranks + rank``.)
+    Weights stay identical: DDP broadcasts rank 0's at start.
+    """
+    base = int(torch.randint(2**62, ()))  # the same on every rank: drawn from the shared seed
+    torch.manual_seed(base + rank)
+
+
+def reported(metrics: dict[str, Tensor], name: str, result: Reported) -> Tensor:
+    """The value of what a part returned; it and its terms go into ``metrics`` as ``name[/term]``."""
+    value, terms = split_terms(result)
+    metrics[name] = value
+    for term, tensor in terms.items():
+        metrics[f"{name}/{term}"] = tensor
+    return value
 
 
 def as_gan_module(pl_module: L.LightningModule) -> GANModule:

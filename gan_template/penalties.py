@@ -1,9 +1,17 @@
-"""Discriminator regularisers: pure functions, and the objects a config selects.
+"""Regularisers of either update: pure functions, and the objects a config selects.
+
+A :class:`Penalty` regularises the discriminator's update (R1, R2, WGAN-GP,
+LeCam), a :class:`GeneratorRegularizer` the generator's (StyleGAN2's path
+length). ``penalty:`` holds the discriminator's main one (``conf/penalty/``);
+``regularizers:`` holds any number more, of either side, by name
+(``regularizers=[path_length,lecam]``, ``conf/regularizers/``). Each has its
+``weight`` (a number or a schedule) and its ``interval`` (lazy regularisation);
+the update whose class it names (``update``) adds it to its loss. One of your
+own subclasses either base, in your package if you like (``docs/extending.md``).
 
 The gradient penalties differentiate the discriminator's output with respect to its
 input with ``create_graph=True`` so the penalty itself can be back-propagated
-into the discriminator's weights. ``conf/penalty/*.yaml`` names the classes at
-the end with ``_target_``; a penalty of your own subclasses :class:`Penalty`.
+into the discriminator's weights.
 
 R1 and R2 reuse the discriminator update's own forward pass (R3GAN's
 ``Trainer.py`` does the same): the module makes the images require gradients
@@ -14,12 +22,16 @@ and no second forward pass is needed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from gan_template.losses import Reported
 from gan_template.running_state import Float32Buffers
 from gan_template.schedule import Schedule, check_range, current
 
@@ -107,27 +119,51 @@ class DiscriminatorPass:
         return cls(discriminator, real, fake, discriminator(real), discriminator(fake))
 
 
-class Penalty:
-    """A discriminator regulariser: ``weight`` times its value, every ``interval``-th D update.
+@dataclass(frozen=True)
+class GeneratorPass:
+    """One generator update's forward pass, as a generator-side regulariser reads it.
 
-    ``penalty(outputs)`` takes the update's :class:`DiscriminatorPass` and returns
-    the weighted value (a scalar) that the update adds to its loss; the module
-    multiplies it by ``interval`` on the updates that carry it (lazy
-    regularisation, ``schedule.py``). ``weight`` (and any other number a
-    subclass keeps) may be given as a schedule of the iteration
+    Attributes:
+        generate: ``(z, labels) -> samples``, the generator being updated (labels
+            are passed only when it is class-conditional).
+        sample_latent: ``n -> z``, noise as the module draws it.
+        fake: the update's samples (with their graph); ``fake_logits``: D's
+            logits of them (D frozen); ``labels``: their labels or None.
+    """
+
+    generate: Callable[[Tensor, Tensor | None], Tensor]
+    sample_latent: Callable[[int], Tensor]
+    fake: Tensor
+    fake_logits: Tensor
+    labels: Tensor | None
+
+
+class Regularizer:
+    """``weight`` times a value, added to one update's loss on every ``interval``-th of its updates.
+
+    On the updates that carry it the module multiplies it by ``interval`` too
+    (lazy regularisation: Karras et al., 2020, appendix B), so its average
+    strength does not depend on the interval. ``regularizer(outputs)`` takes
+    the update's forward pass (:class:`DiscriminatorPass` or
+    :class:`GeneratorPass`) and returns the weighted value, or the value and
+    named terms to log (``losses.Reported``). ``weight`` (and any other number
+    a subclass keeps) may be a schedule of the iteration
     (``gan_template.schedule``): the module sets it to the schedule's value
     before every iteration. Subclasses implement :meth:`value`; their
-    constructors check their own arguments. A penalty with running state keeps
-    it in tensors of an ``nn.Module`` (see :class:`LeCam`): the module then
+    constructors check their own arguments. A regulariser with running state
+    keeps it in tensors of an ``nn.Module`` (see :class:`LeCam`): the module then
     saves it in checkpoints and restores it when an iteration is skipped.
 
     Args:
-        weight: the multiplier (WGAN-GP's lambda; for R1 and R2, gamma / 2).
-        interval: apply on every ``interval``-th discriminator update (StyleGAN2: 16).
+        weight: the multiplier.
+        interval: apply on every ``interval``-th update of its side (StyleGAN2:
+            16 for R1, 4 for path length).
     """
 
-    #: Whether :meth:`value` differentiates the logits with respect to the images
-    #: (the module then makes them require gradients before its forward pass).
+    #: The update this regulariser is part of: "discriminator" or "generator".
+    update = "discriminator"
+    #: Whether :meth:`value` differentiates the discriminator's logits with respect to
+    #: the images (the module then makes them require gradients before its forward pass).
     input_gradients = False
 
     def __init__(self, weight: float | Schedule = 1.0, interval: int = 1) -> None:
@@ -137,11 +173,11 @@ class Penalty:
         self.weight = weight
         self.interval = interval
 
-    def value(self, outputs: DiscriminatorPass) -> Tensor:
-        """The unweighted penalty."""
+    def value(self, outputs: Any) -> Tensor:
+        """The unweighted regulariser."""
         raise NotImplementedError
 
-    def __call__(self, outputs: DiscriminatorPass) -> Tensor:
+    def __call__(self, outputs: Any) -> Reported:
         return current(self.weight) * self.value(outputs)
 
     def __repr__(self) -> str:
@@ -149,6 +185,29 @@ class Penalty:
             f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "training"
         )
         return f"{type(self).__name__}({arguments})"
+
+
+class Penalty(Regularizer):
+    """A discriminator regulariser; :meth:`value` reads the update's :class:`DiscriminatorPass`.
+
+    Args:
+        weight: the multiplier (WGAN-GP's lambda; for R1 and R2, gamma / 2).
+        interval: apply on every ``interval``-th discriminator update (StyleGAN2: 16).
+    """
+
+    update = "discriminator"
+
+    def value(self, outputs: DiscriminatorPass) -> Tensor:
+        raise NotImplementedError
+
+
+class GeneratorRegularizer(Regularizer):
+    """A generator regulariser; :meth:`value` reads the update's :class:`GeneratorPass`."""
+
+    update = "generator"
+
+    def value(self, outputs: GeneratorPass) -> Tensor:
+        raise NotImplementedError
 
 
 class GradientPenalty(Penalty):
@@ -202,21 +261,22 @@ class R1R2(Penalty):
         self.r2_weight = r2_weight
 
     @staticmethod
-    def terms(outputs: DiscriminatorPass) -> tuple[Tensor, Tensor]:
+    def parts(outputs: DiscriminatorPass) -> tuple[Tensor, Tensor]:
         """R1 and R2, unweighted."""
         return (
             squared_gradient_norm(outputs.real_logits, outputs.real),
             squared_gradient_norm(outputs.fake_logits, outputs.fake),
         )
 
-    def __call__(self, outputs: DiscriminatorPass) -> Tensor:
+    def __call__(self, outputs: DiscriminatorPass) -> Reported:
+        """The weighted sum, with R1 and R2 (unweighted, as R3GAN logs them) as terms."""
         weight = current(self.weight)
         r2_weight = weight if self.r2_weight is None else current(self.r2_weight)
-        r1, r2 = self.terms(outputs)
-        return weight * r1 + r2_weight * r2
+        r1, r2 = self.parts(outputs)
+        return weight * r1 + r2_weight * r2, {"r1": r1.detach(), "r2": r2.detach()}
 
     def value(self, outputs: DiscriminatorPass) -> Tensor:
-        r1, r2 = self.terms(outputs)
+        r1, r2 = self.parts(outputs)
         return r1 + r2
 
 
@@ -266,3 +326,72 @@ class LeCam(Penalty, Float32Buffers):  # Penalty first: its __call__, not nn.Mod
         return (real - self.fake_mean).relu().pow(2).mean() + (
             (self.real_mean - fake).relu().pow(2).mean()
         )
+
+
+class PathLength(GeneratorRegularizer, Float32Buffers):  # its __call__, not nn.Module's
+    """StyleGAN2's path-length regularisation (Karras et al., 2020, section 3.2).
+
+    E[(||J^T y||_2 - a)^2], where J is the Jacobian of the generator's output
+    with respect to its latent input, y is Gaussian noise scaled by 1/sqrt(pixels
+    per channel), and ``a`` a running mean of the lengths: it asks every step
+    in latent space to move the image by the same amount. StyleGAN2 takes the
+    Jacobian with respect to w, the mapping network's output; the networks here
+    have no mapping network, so it is taken with respect to z. It runs on a
+    fresh batch of ``batch / batch_shrink`` latents, lazily (every 4th
+    generator update, scaled by 4), as in StyleGAN2-ADA's ``Greg`` phase.
+
+    The running mean is a float32 buffer: saved in checkpoints, restored when an
+    iteration is skipped, and under DDP moved by the mean length over all ranks
+    (one all-reduce of one number on the iterations that carry it), so every
+    rank holds the same value and a resume continues it exactly. Its gradient
+    through the running mean's update (a 1% term in StyleGAN2-ADA) is dropped.
+
+    Args:
+        weight: StyleGAN2's ``pl_weight`` (2).
+        interval: generator updates between applications (StyleGAN2: 4).
+        decay: of the running mean (StyleGAN2's ``pl_decay``, 0.01).
+        batch_shrink: the regularising batch is the update's divided by this (2).
+    """
+
+    mean: Tensor
+
+    def __init__(
+        self,
+        weight: float | Schedule = 2.0,
+        interval: int = 4,
+        decay: float = 0.01,
+        batch_shrink: int = 2,
+    ) -> None:
+        nn.Module.__init__(self)
+        GeneratorRegularizer.__init__(self, weight, interval)
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"decay={decay}: must be in (0, 1]")
+        if batch_shrink < 1:
+            raise ValueError(f"batch_shrink={batch_shrink}: must be >= 1")
+        self.decay, self.batch_shrink = decay, batch_shrink
+        self.register_buffer("mean", torch.zeros(()))
+
+    def lengths(self, outputs: GeneratorPass) -> Tensor:
+        """||J^T y|| of each sample of a fresh regularising batch (differentiable)."""
+        n = max(1, outputs.fake.shape[0] // self.batch_shrink)
+        z = outputs.sample_latent(n).requires_grad_(True)
+        labels = None if outputs.labels is None else outputs.labels[:n]
+        samples = outputs.generate(z, labels)
+        pixels = math.prod(samples.shape[2:]) if samples.dim() > 2 else 1
+        noise = torch.randn_like(samples) / math.sqrt(pixels)
+        (gradient,) = torch.autograd.grad((samples * noise).sum(), z, create_graph=True)
+        return gradient.flatten(1).square().sum(dim=1).sqrt()
+
+    def value(self, outputs: GeneratorPass) -> Tensor:
+        lengths = self.lengths(outputs)
+        batch_mean = lengths.detach().float().mean()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(batch_mean)  # every rank's mean moves alike
+            batch_mean /= dist.get_world_size()
+        with torch.no_grad():
+            self.mean.lerp_(batch_mean, self.decay)
+        return (lengths - self.mean.to(lengths.dtype)).square().mean()
+
+    def __call__(self, outputs: GeneratorPass) -> Reported:
+        value = current(self.weight) * self.value(outputs)
+        return value, {"mean": self.mean.clone()}

@@ -23,29 +23,17 @@ class StepSchedule:
 
     Attributes:
         n_critic: discriminator updates per generator update (WGAN uses 5).
-        penalty_interval: apply the discriminator penalty on every k-th
-            discriminator update only ("lazy regularisation", StyleGAN2 uses 16
-            for R1). The penalty is then multiplied by k so its average strength
-            is unchanged (Karras et al., 2020, appendix B).
+
+    Lazy regularisation is each regulariser's own ``interval``
+    (``penalties.Regularizer``): it runs on every ``interval``-th update of its
+    side, scaled by ``interval`` (Karras et al., 2020, appendix B).
     """
 
     n_critic: int = 1
-    penalty_interval: int = 1
 
     def __post_init__(self) -> None:
         if self.n_critic < 1:
             raise ValueError(f"n_critic={self.n_critic}: must be >= 1")
-        if self.penalty_interval < 1:
-            raise ValueError(f"penalty_interval={self.penalty_interval}: must be >= 1")
-
-    def penalty_due(self, discriminator_updates: int) -> bool:
-        """Whether the discriminator update with this 0-based index carries the penalty."""
-        return discriminator_updates % self.penalty_interval == 0
-
-    @property
-    def penalty_scale(self) -> float:
-        """Multiplier that keeps a lazy penalty's average strength equal to the eager one."""
-        return float(self.penalty_interval)
 
 
 # ---- hyperparameters that change over the run ---------------------------------------------------

@@ -44,6 +44,7 @@ class RunConfig:
     # Parts of the module, each a _target_ node (null where the part is optional).
     loss: Any = MISSING  # gan_template.losses.*
     penalty: Any = None  # gan_template.penalties.*, or null (penalty=none)
+    regularizers: Any = None  # {name: gan_template.penalties.* node}: more, either update
     skip: Any = MISSING  # gan_template.skip.SkipRule
     augment: Any = None  # gan_template.augment.DiffAugment, or null (augment=none)
     ema: Any = None  # gan_template.ema.GeneratorEMA (a partial), or null (ema=none)

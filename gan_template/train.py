@@ -338,6 +338,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         module.penalty,
         module.skip_rule.predicate,
         datamodule.sample_shape,  # type: ignore[attr-defined]  # checked by check_shapes
+        module.regularizers,
     )
 
     callbacks = [*build_callbacks(cfg), *extra_callbacks]

@@ -47,6 +47,14 @@ class RankReport(Callback):
             "skip_counts": dict(pl_module.skip_rule.counts),
             "weights_sha256": digest.hexdigest(),
             "weights_finite": finite,
+            # Each rank's random stream (its latents): must differ between ranks.
+            "rng_sha256": hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest(),
+            # The regularisers' running state (path length's mean), where there is one.
+            "buffers": {
+                name: float(value)
+                for name, value in pl_module.state_dict().items()
+                if name.startswith("regularizer_state.")
+            },
             # Adaptive augmentation's probability, where there is one (ranks must agree).
             "augment_p": float(p)
             if (p := getattr(pl_module.augment, "p", None)) is not None

@@ -83,4 +83,6 @@ def test_augmented_relativistic_r1_r2_recipe_trains(make_config) -> None:
     result = run(without_evaluation(cfg), recorder)
     assert result["iteration"] == 4
     assert all("d_penalty" in out for out in recorder.outputs[::2])  # lazy: every 2nd update
+    # The penalty reports its own terms, unweighted (R3GAN logs R1 and R2 apart).
+    assert all({"d_penalty/r1", "d_penalty/r2"} <= out.keys() for out in recorder.outputs[::2])
     assert all(torch.isfinite(v).all() for out in recorder.outputs for v in out.values())

@@ -76,6 +76,18 @@ CASES = [
         "reaches -1: must be in [0, inf)",
     ),
     (["+penalty.weight=1"], 2, "penalty={'weight': 1}: must be a {_target_: ...} node or null"),
+    (["+regularizers.typo=1"], 2, "regularizers.typo=1: must be a {_target_: ...} node or null"),
+    (
+        ["regularizers=[path_length]", "regularizers.path_length.decay=2"],
+        2,
+        "regularizers.path_length.decay=2: must be in (0, 1]",
+    ),
+    (
+        ["+regularizers.mine._target_=torch.nn.Identity"],
+        2,
+        "regularizers.mine._target_='torch.nn.Identity': must build a regulariser of the "
+        "discriminator's or the generator's update",
+    ),
     (["skip.max_consecutive=-1"], 2, "skip.max_consecutive=-1: must be >= 0"),
     # Sections built from a _target_: its signature is their schema, its constructor their ranges.
     (
@@ -208,6 +220,9 @@ CASES = [
             "loss._target_=user_parts.OnlyDiscriminatorLoss",
             "penalty=r1",
             "penalty._target_=user_parts.ImageGradientPenalty",
+            "regularizers=[lecam]",
+            "regularizers.lecam._target_=user_parts.FloatPenalty",
+            "~regularizers.lecam.decay",
             "skip.predicate={_target_: user_parts.two_flags, _partial_: true}",
             "extra_target_prefixes=[user_parts.]",
         ],
@@ -216,6 +231,7 @@ CASES = [
             "loss (user_parts.OnlyDiscriminatorLoss).generator_loss(...) is not defined",
             "penalty (user_parts.ImageGradientPenalty) differentiates the logits with respect to "
             "the images, but its class does not set `input_gradients = True`",
+            "regularizers.lecam (user_parts.FloatPenalty) returned a float, not a tensor",
             "skip.predicate (user_parts.two_flags) returned a tensor of 2 values",
         ],
     ),

@@ -41,10 +41,16 @@ def test_two_ranks_train_without_find_unused_parameters_and_stay_identical(tmp_p
         "train.n_critic=2",
         "penalty=r1",
         "penalty.interval=4",
+        "regularizers=[path_length]",  # a generator regulariser, with a running mean
+        "regularizers.path_length.interval=3",
     )
     assert [r["world_size"] for r in reports] == [2, 2]
     assert [r["iteration"] for r in reports] == [12, 12]
     assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+    # Each rank draws its own latents, yet path length's running mean moves alike.
+    assert reports[0]["rng_sha256"] != reports[1]["rng_sha256"]
+    assert reports[0]["buffers"]["regularizer_state.path_length.mean"] > 0
+    assert reports[0]["buffers"] == reports[1]["buffers"]
 
 
 def test_a_nonfinite_loss_on_rank_1_only_is_skipped_by_both_ranks(tmp_path: Path) -> None:
@@ -63,6 +69,8 @@ def test_a_nonfinite_loss_on_rank_1_only_is_skipped_by_both_ranks(tmp_path: Path
         "augment.speed_images=500",
         "augment.initial=0.5",  # so that it can move either way
         "data.batch_size=16",
+        "regularizers=[path_length]",  # its running mean is restored on the skip, alike
+        "regularizers.path_length.interval=2",
         experiment="r3gan",
     )
     for report in reports:
@@ -72,6 +80,7 @@ def test_a_nonfinite_loss_on_rank_1_only_is_skipped_by_both_ranks(tmp_path: Path
         assert report["weights_finite"]
     assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
     assert reports[0]["augment_p"] == reports[1]["augment_p"] != 0.5  # it moved, alike
+    assert reports[0]["buffers"] == reports[1]["buffers"]
 
 
 def test_a_predicate_reading_d_loss_skips_on_both_ranks_when_one_asks(tmp_path: Path) -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import StepRecorder, run, without_evaluation
 
 from gan_template.penalties import (
     R1,
     R1R2,
     R2,
     DiscriminatorPass,
+    GeneratorPass,
     GradientPenalty,
     LeCam,
+    PathLength,
     gradient_penalty,
     r1_penalty,
     r2_penalty,
@@ -60,9 +63,12 @@ def test_r2_penalises_generated_samples_and_combines_with_r1() -> None:
     outputs = DiscriminatorPass.of(critic, real, fake)
     assert R2(weight=3.0)(outputs).item() == pytest.approx(3.0 * 1.0)
     assert R1(weight=0.5)(outputs).item() == pytest.approx(0.5 * 7.0)
-    assert R1R2(weight=2.0)(outputs).item() == pytest.approx(2.0 * (7.0 + 1.0))
-    both = R1R2(weight=2.0, r2_weight=10.0)(outputs)
+    value, terms = R1R2(weight=2.0)(outputs)
+    assert value.item() == pytest.approx(2.0 * (7.0 + 1.0))
+    both, terms = R1R2(weight=2.0, r2_weight=10.0)(outputs)
     assert both.item() == pytest.approx(2.0 * 7.0 + 10.0 * 1.0)
+    # Its terms, unweighted, for the logs (d_penalty/r1, d_penalty/r2).
+    assert terms["r1"].item() == pytest.approx(7.0) and terms["r2"].item() == pytest.approx(1.0)
 
 
 def test_r1_reuses_the_update_forward_pass_through_the_augmentation() -> None:
@@ -112,3 +118,67 @@ def test_lecam_pulls_outputs_towards_the_other_side_average() -> None:
     assert restored.real_mean.item() == pytest.approx(lecam.real_mean.item())
     with pytest.raises(ValueError, match=r"decay=1.0: must be in \[0, 1\)"):
         LeCam(decay=1.0)
+
+
+def test_path_length_is_the_norm_of_the_jacobian_transposed_times_noise_and_tracks_its_mean() -> (
+    None
+):
+    """G(z) = A z: J^T y = A^T y for each sample, with y ~ N(0, I) / sqrt(pixels)."""
+    torch.manual_seed(0)
+    a = torch.randn(2 * 4 * 4, 3)  # z in R^3 -> a 2-channel 4x4 image
+
+    def generate(z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return (z @ a.T).view(-1, 2, 4, 4)
+
+    def sample_latent(n: int) -> torch.Tensor:
+        return torch.randn(n, 3)
+
+    fake = generate(sample_latent(8), None)
+    outputs = GeneratorPass(generate, sample_latent, fake, fake.sum((1, 2, 3)), None)
+    regularizer = PathLength(weight=2.0, interval=4, decay=0.25, batch_shrink=2)
+
+    torch.manual_seed(1)
+    lengths = regularizer.lengths(outputs)
+    torch.manual_seed(1)
+    sample_latent(4)  # the same draws, in the same order: latents, then the noise
+    y = torch.randn(4, 2, 4, 4) / 4.0  # sqrt(16 pixels per channel)
+    expected = (y.flatten(1) @ a).norm(dim=1)
+    assert lengths.shape == (4,)  # batch 8 / batch_shrink 2
+    assert torch.allclose(lengths, expected, rtol=1e-5)
+
+    torch.manual_seed(2)
+    value, terms = regularizer(outputs)
+    torch.manual_seed(2)
+    lengths = regularizer.lengths(outputs).detach()
+    mean = 0.25 * lengths.mean()  # the running mean starts at 0, as StyleGAN2's
+    assert torch.allclose(terms["mean"], mean)
+    assert torch.allclose(value, 2.0 * (lengths - mean).square().mean(), rtol=1e-5)
+    assert PathLength.update == "generator" and R1.update == "discriminator"
+    with pytest.raises(ValueError, match="decay=0: must be in"):
+        PathLength(decay=0)
+
+
+def test_regularizers_of_both_updates_train_lazily_and_report_their_terms(make_config) -> None:
+    """R1 as the penalty, LeCam beside it and path length on the generator: each on its own
+    interval, logged under its name, the running mean saved with the module."""
+    recorder = StepRecorder()
+    cfg = make_config(
+        "experiment=dcgan",
+        "penalty=r1",
+        "penalty.interval=2",
+        "regularizers=[path_length,lecam]",
+        "regularizers.path_length.interval=3",
+        "data.limit=200",
+        "train.iterations=6",
+    )
+    result = run(without_evaluation(cfg), recorder)
+    assert result["iteration"] == 6
+    outputs = recorder.outputs
+    assert [("d_penalty" in out) for out in outputs] == [True, False] * 3
+    assert [("g_reg/path_length" in out) for out in outputs] == [True, False, False] * 2
+    assert all("d_reg/lecam" in out for out in outputs)
+    assert all("g_reg/path_length/mean" in out for out in outputs[::3])
+    module = result["module"]
+    mean = module.regularizer_state["path_length"].mean
+    assert mean > 0 and "regularizer_state.path_length.mean" in module.state_dict()
+    assert all(torch.isfinite(v).all() for out in outputs for v in out.values())

@@ -36,7 +36,9 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
         common.append("callbacks.image_eval.num_samples=256")
         # Parts with running state of their own (ADA's p and sign sums, LeCam's averages):
         # they resume, and a skipped iteration leaves them as they were.
+        # Path length's running mean too (every 3rd generator update).
         common += ["augment=adaptive", "augment.speed_images=2000", "penalty=lecam"]
+        common += ["regularizers=[path_length]", "regularizers.path_length.interval=3"]
     straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
     run(make_config(*common, "train.iterations=20", run_dir=straight))
     run(make_config(*common, "train.iterations=10", run_dir=first))
@@ -54,6 +56,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(
     if experiment == "dcgan":
         assert actual["state_dict"]["augment.p"] > 0  # it moved, so its resume is tested
         assert torch.isfinite(actual["state_dict"]["penalty.real_mean"])
+        assert actual["state_dict"]["regularizer_state.path_length.mean"] > 0
     assert same_tensors(expected["optimizer_states"], actual["optimizer_states"])
     assert same_tensors(
         expected["gan_template"]["rng"][0]["torch"], actual["gan_template"]["rng"][0]["torch"]
