@@ -154,7 +154,7 @@ def validate(cfg: DictConfig) -> None:
             problems.append(
                 f"{key}={OmegaConf.select(cfg, key)!r}: {str(error).split(': ', 1)[-1]}"
             )
-    for net in ("generator", "discriminator"):
+    for net in optimizer_names(cfg):
         try:
             lr = OmegaConf.select(cfg, f"optim.{net}.lr", default=None)
             need(lr is None or all(v > 0 for v in _values(lr)), f"optim.{net}.lr", "must be > 0")
@@ -292,7 +292,9 @@ PART_SECTIONS = ("loss", "penalty", "skip", "augment", "ema", "module")
 CONSTRUCTOR_CHECKED = ("loss", "penalty", "skip", "augment", "ema")
 
 #: Keys of the sections whose shape the schema leaves open (their ``_target_`` nodes are
-#: checked against their callables' signatures instead).
+#: checked against their callables' signatures instead). Besides these, ``model.<name>``
+#: may be any network and ``optim.<update>`` any optimizer (``_target_`` nodes), with its
+#: ``optim.<update>_scheduler``.
 OPEN_SECTIONS = {
     "model": {"conditional", "generator", "discriminator"},
     "optim": {
@@ -303,6 +305,26 @@ OPEN_SECTIONS = {
         "gradient_clip_norm",
     },
 }
+
+
+def optimizer_names(cfg: DictConfig) -> list[str]:
+    """The updates' names: every ``optim.<name>`` that is a ``_target_`` node."""
+    optim = cfg.get("optim")
+    if not isinstance(optim, DictConfig):
+        return []
+    return [
+        str(name)
+        for name in optim
+        if isinstance(optim._get_node(name), DictConfig) and "_target_" in optim[name]
+    ]
+
+
+def _open_key(section: str, node: DictConfig, child: str) -> bool:
+    """A network (``model.<name>``) or an optimizer and its scheduler (``optim.<update>``)."""
+    value = node._get_node(child)
+    if isinstance(value, DictConfig) and "_target_" in value:
+        return section in ("model", "optim")
+    return section == "optim" and child.endswith("_scheduler")
 
 
 def unknown_keys(cfg: DictConfig) -> list[str]:
@@ -325,7 +347,7 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
             known = {f.name for f in fields(factory)}
         if known is not None and isinstance(node, DictConfig):
             for child in map(str, node):
-                if child not in known:
+                if child not in known and not _open_key(name, node, child):
                     refuse(f"{name}.{child}", known)
         if name in ("callbacks", "logger") and isinstance(node, DictConfig):
             for child in map(str, node):

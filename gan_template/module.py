@@ -22,7 +22,7 @@ are detached scalars and no tensor of the step is kept on the module.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Literal, cast
@@ -91,11 +91,18 @@ class GANModule(L.LightningModule):
     its section of the config.
 
     Args:
-        generator: maps ``(batch, generator.latent_dim)`` noise to samples.
-        discriminator: maps samples to one logit each.
-        optimizer_g / optimizer_d: ``params -> Optimizer`` (Hydra ``_partial_: true``);
-            ``lr`` and ``betas`` may hold schedules (``schedule.py``).
-        scheduler_g / scheduler_d: optional ``optimizer -> LRScheduler``, stepped once per iteration.
+        networks: the networks by name (``model.<name>`` in the config, each a
+            submodule of that name): ``generator`` maps ``(batch,
+            generator.latent_dim)`` noise to samples, ``discriminator`` samples
+            to one logit each; more (an encoder, a second discriminator) for a
+            subclass's algorithm.
+        optimizers: per update, ``params -> Optimizer`` (``optim.<update>``,
+            Hydra ``_partial_: true``); ``lr`` and ``betas`` may hold schedules
+            (``schedule.py``).
+        schedulers: per update, an optional ``optimizer -> LRScheduler``, stepped once per iteration.
+        trains: per update, the networks its optimizer trains (default: each of
+            ``generator`` and ``discriminator`` its own). A network no update
+            trains is frozen.
         loss: the adversarial loss (``losses.py``); None: non-saturating.
         penalty: the discriminator's regulariser (``penalties.py``) or None; its
             ``interval`` sets lazy regularisation. Logged as ``d_penalty``.
@@ -127,14 +134,15 @@ class GANModule(L.LightningModule):
     value before every iteration and logged as ``train/hp/<part>.<name>``.
     """
 
+    generator: nn.Module
+    discriminator: nn.Module
+
     def __init__(
         self,
-        generator: nn.Module,
-        discriminator: nn.Module,
-        optimizer_g: OptimizerFactory,
-        optimizer_d: OptimizerFactory,
-        scheduler_g: SchedulerFactory | None = None,
-        scheduler_d: SchedulerFactory | None = None,
+        networks: Mapping[str, nn.Module],
+        optimizers: Mapping[str, OptimizerFactory],
+        schedulers: Mapping[str, SchedulerFactory | None] | None = None,
+        trains: Mapping[str, Sequence[str]] | None = None,
         loss: AdversarialLoss | None = None,
         penalty: Penalty | None = None,
         regularizers: Mapping[str, Regularizer] | None = None,
@@ -151,8 +159,13 @@ class GANModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
 
-        self.generator = generator
-        self.discriminator = discriminator
+        # Each network is a submodule under its own name: ``self.generator``, and
+        # ``generator.*`` in the state dict.
+        self.networks = dict(networks)
+        for name, network in self.networks.items():
+            self.add_module(name, network)
+        self.trains = self._check_updates(trains or self.TRAINS, optimizers, schedulers or {})
+        generator = self.generator
         self.latent_dim = models.latent_dim(generator)
         self.num_classes = models.num_classes(generator)
         self.generator_ema = ema(generator) if ema is not None else None
@@ -166,21 +179,21 @@ class GANModule(L.LightningModule):
             {name: r for name, r in self.regularizers.items() if isinstance(r, nn.Module)}
         )
         # Each update's regularisers, as (the name its value is logged under, regulariser).
-        by_update: dict[str, list[tuple[str, Regularizer]]] = {
-            "discriminator": [] if penalty is None else [("d_penalty", penalty)],
-            "generator": [],
-        }
+        by_update: dict[str, list[tuple[str, Regularizer]]] = {name: [] for name in self.trains}
+        if penalty is not None:
+            by_update["discriminator"].append(("d_penalty", penalty))
         for name, regularizer in self.regularizers.items():
             update = getattr(regularizer, "update", None)
             if update not in by_update:
                 raise ValueError(
-                    f"regularizers.{name}: its update is {update!r}; a regulariser subclasses "
+                    f"regularizers.{name}: regularises the update {update!r}, which this module "
+                    f"does not make (its updates: {sorted(by_update)}); a regulariser subclasses "
                     "gan_template.penalties.Penalty (the discriminator's update) or "
                     "GeneratorRegularizer (the generator's)"
                 )
-            by_update[update].append((f"{update[0]}_reg/{name}", regularizer))
-        self._discriminator_regularizers = tuple(by_update["discriminator"])
-        self._generator_regularizers = tuple(by_update["generator"])
+            prefix = {"discriminator": "d", "generator": "g"}.get(update, update)
+            by_update[update].append((f"{prefix}_reg/{name}", regularizer))
+        self.regularizers_of = {name: tuple(regs) for name, regs in by_update.items()}
         self.schedule = StepSchedule(n_critic)
         self.augment = augment
         # Adaptive augmentation (augment.AdaptiveAugment) tunes itself from D(real).
@@ -199,11 +212,14 @@ class GANModule(L.LightningModule):
         parts |= {f"regularizers.{name}": r for name, r in self.regularizers.items()}
         for name, part in parts.items():
             schedules.bind(name, part)
-        self.make_optimizer_g = schedules.optimizer_factory("generator", optimizer_g, scheduler_g)
-        self.make_optimizer_d = schedules.optimizer_factory(
-            "discriminator", optimizer_d, scheduler_d
-        )
-        self.make_scheduler_g, self.make_scheduler_d = scheduler_g, scheduler_d
+        self.make_optimizer = {
+            name: schedules.optimizer_factory(name, optimizers[name], (schedulers or {}).get(name))
+            for name in self.trains
+        }
+        self.make_scheduler = {name: (schedulers or {}).get(name) for name in self.trains}
+        self.configured_learning_rates = {
+            name: getattr(optimizers[name], "keywords", {}).get("lr") for name in self.trains
+        }
         if max_iterations is not None and max_iterations < 1:
             raise ValueError(f"max_iterations={max_iterations}: must be >= 1 (or None)")
         self.max_iterations = max_iterations
@@ -228,6 +244,7 @@ class GANModule(L.LightningModule):
         self.epoch_means = EpochMeans()
         # Listed once per fit (on_train_start), not walked on every generator update.
         self._discriminator_parameters: list[nn.Parameter] = []
+        self._optimizer: dict[str, LightningOptimizer] = {}  # by update, set by on_train_start
         # The last logged losses, as numbers, for the progress bar.
         self.progress_metrics: dict[str, float] = {}
         self._keeps_epoch_means = True  # set by on_train_start: False without loggers
@@ -236,26 +253,58 @@ class GANModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> STEP_OUTPUT:
         real, labels = self.unpack(batch)
-        # Scheduled hyperparameters follow the iteration (after a resume too, whatever
-        # the checkpoint's param groups hold); a loop over nothing without schedules.
-        self.hyperparameter_schedules.apply(self.iteration)
-        optimizer_g, optimizer_d = cast(list[LightningOptimizer], self.optimizers())
+        diagnose = self.begin_iteration()
         *earlier, (real_last, labels_last) = self.critic_batches(real, labels)
-        self.updates.begin_iteration(self.iteration)
-        # The logs read the last update's diagnostics, on the iterations that log.
-        every = self.diagnostics_every_iteration
-        diagnose = every or self._logs_at(self.iteration + 1)
         metrics: dict[str, Tensor] = {}
+        every = self.diagnostics_every_iteration
         for k, (real_k, labels_k) in enumerate(earlier):
             fake = self.generate(real_k.shape[0], keep_graph=False, labels=labels_k)
-            metrics |= self.discriminator_step(optimizer_d, real_k, fake, labels_k, k, every)
+            metrics |= self.discriminator_step(real_k, fake, labels_k, k, every)
         # The last critic update's fake batch is reused by the generator update,
         # so it is the only one generated with a graph.
         fake = self.generate(real_last.shape[0], keep_graph=True, labels=labels_last)
         metrics |= self.discriminator_step(
-            optimizer_d, real_last, fake.detach(), labels_last, len(earlier), diagnose
+            real_last, fake.detach(), labels_last, len(earlier), diagnose
         )
-        metrics |= self.generator_step(optimizer_g, fake, labels_last, real_last, diagnose)
+        metrics |= self.generator_step(fake, labels_last, real_last, diagnose)
+        return self.end_iteration(metrics)
+
+    # ---- what every algorithm's training_step calls: begin, update, end ----------------------
+
+    def begin_iteration(self) -> bool:
+        """Start an iteration; returns whether its updates measure the logs' diagnostics.
+
+        Scheduled hyperparameters follow the iteration (after a resume too,
+        whatever the checkpoint's param groups hold); the running buffers are
+        saved, to be restored if the iteration is skipped.
+        """
+        self.hyperparameter_schedules.apply(self.iteration)
+        self.updates.begin_iteration(self.iteration)
+        # The logs read the last update's diagnostics, on the iterations that log.
+        return self.diagnostics_every_iteration or self._logs_at(self.iteration + 1)
+
+    def update(
+        self, name: str, loss: Tensor, metrics: Mapping[str, Tensor], measure_norm: bool = True
+    ) -> Tensor | None:
+        """One guarded update of the optimizer of update ``name`` (``optim.<name>``).
+
+        Flags the loss (non-finite? the skip predicate, which reads ``metrics``),
+        backward, averages the gradients over ranks with the flags riding along,
+        clips, and steps unless this iteration is flagged on any rank
+        (``update.py``). Returns the gradient norm when ``measure_norm`` asks
+        for it (or clipping measured it), else None. Every update of an
+        algorithm goes through here: the skip agreement, DDP and the host-sync
+        budget then hold for it.
+        """
+        return self.updates.apply(self._optimizer[name], loss, metrics, measure_norm)
+
+    def end_iteration(self, metrics: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """End the iteration: ``metrics``, or None if any rank flagged an update (a skip).
+
+        Reads the flags on the host (the iteration's one sync), agrees on a stop
+        signal, and on success counts the iteration, updates the EMA and steps
+        the LR schedulers.
+        """
         skipped = self.updates.end_iteration() is not None  # the iteration's one host sync
         if self.updates.stop_agreed:  # a rank got a stop signal: all stop after this iteration
             self.stop_reason = self.stop_signal.agreed(self.updates.stop_notes)
@@ -263,6 +312,11 @@ class GANModule(L.LightningModule):
             return None
         self._advance()
         return metrics
+
+    def due_regularizers(self, update: str, count: int) -> tuple[tuple[str, Regularizer], ...]:
+        """The regularisers of ``update`` due on its ``count``-th (0-based) update: lazy ones
+        on every ``interval``-th, as ``(the name it is logged under, regulariser)``."""
+        return tuple((key, r) for key, r in self.regularizers_of[update] if count % r.interval == 0)
 
     def _advance(self) -> None:
         """Count the completed iteration; update the EMA and the LR schedules.
@@ -281,7 +335,6 @@ class GANModule(L.LightningModule):
 
     def discriminator_step(
         self,
-        optimizer: LightningOptimizer,
         real: Tensor,
         fake: Tensor,
         labels: Tensor | None,
@@ -296,7 +349,7 @@ class GANModule(L.LightningModule):
         logits with respect to the images before augmentation.
         """
         update = self.discriminator_updates + k
-        due = [(key, r) for key, r in self._discriminator_regularizers if update % r.interval == 0]
+        due = self.due_regularizers("discriminator", update)
         if any(r.input_gradients for _, r in due):
             real, fake = real.detach().requires_grad_(True), fake.detach().requires_grad_(True)
         real_logits = self.judge(real, labels)
@@ -317,14 +370,13 @@ class GANModule(L.LightningModule):
             outputs = DiscriminatorPass(judge, real, fake, real_logits, fake_logits)
             for key, regularizer in due:  # logged weighted, before the lazy scale
                 total = total + regularizer.interval * reported(metrics, key, regularizer(outputs))
-        norm = self.updates.apply(optimizer, total, metrics, measure_norm=diagnose)
+        norm = self.update("discriminator", total, metrics, measure_norm=diagnose)
         if norm is not None:
             metrics["d_grad_norm"] = norm
         return {name: value.detach() for name, value in metrics.items()}
 
     def generator_step(
         self,
-        optimizer: LightningOptimizer,
         fake: Tensor,
         labels: Tensor | None,
         real: Tensor,
@@ -344,10 +396,7 @@ class GANModule(L.LightningModule):
             loss = reported(
                 metrics, "g_loss", self.adversarial_loss.generator_loss(fake_logits, real_logits)
             )
-            iteration = self.iteration
-            due = [
-                (key, r) for key, r in self._generator_regularizers if iteration % r.interval == 0
-            ]
+            due = self.due_regularizers("generator", self.iteration)
             if due:
                 outputs = GeneratorPass(
                     self._generate, self.sample_latent, fake, fake_logits, labels
@@ -356,7 +405,7 @@ class GANModule(L.LightningModule):
                     loss = loss + regularizer.interval * reported(
                         metrics, key, regularizer(outputs)
                     )
-            norm = self.updates.apply(optimizer, loss, metrics, measure_norm=diagnose)
+            norm = self.update("generator", loss, metrics, measure_norm=diagnose)
             if norm is not None:
                 metrics["g_grad_norm"] = norm
         return {name: value.detach() for name, value in metrics.items()}
@@ -430,14 +479,14 @@ class GANModule(L.LightningModule):
         self._compiled = True
         # Gradient penalties differentiate twice; torch.compile does not support
         # double backward, so a network a regulariser differentiates stays eager.
-        if not self._generator_regularizers:
+        if not self.regularizers_of["generator"]:
             self.generator.compile()  # in place: parameter names and checkpoints are unchanged
         else:
             rank_zero_warn(
                 "train.compile: the generator is not compiled because a generator regulariser "
                 "is set (regularizers=[] compiles it)"
             )
-        if not self._discriminator_regularizers:
+        if not self.regularizers_of["discriminator"]:
             self.discriminator.compile()
         else:
             rank_zero_warn(
@@ -453,8 +502,11 @@ class GANModule(L.LightningModule):
         self._discriminator_parameters = list(self.discriminator.parameters())
         # Epoch means that no logger would write are not kept.
         self._keeps_epoch_means = bool(trainer.loggers)
+        self._optimizer = dict(
+            zip(self.trains, cast(list[LightningOptimizer], self.optimizers()), strict=True)
+        )
         self.updates.prepare(
-            optimizers=[opt.optimizer for opt in cast(list[LightningOptimizer], self.optimizers())],
+            optimizers=[opt.optimizer for opt in self._optimizer.values()],
             buffers=self._running_state(),
             backward=self.manual_backward,
             wrapped_model=trainer.model,
@@ -477,7 +529,7 @@ class GANModule(L.LightningModule):
         ADA's p); not constants such as R3GAN's resampling filters, which are
         non-persistent buffers (they are in no state dict).
         """
-        parts = [self.generator, self.discriminator]
+        parts: list[nn.Module] = list(self.networks.values())
         parts += [
             part
             for part in (self.penalty, self.augment, self.adversarial_loss, self.regularizer_state)
@@ -497,15 +549,10 @@ class GANModule(L.LightningModule):
         changed ``optim.*.lr`` would otherwise be silently ignored. A scheduled
         rate keeps its progress: it is rescaled by new / old base rate.
         """
-        optimizers = [opt.optimizer for opt in cast(list[LightningOptimizer], self.optimizers())]
         schedulers = self._lr_schedulers()
-        for name, factory, optimizer in zip(
-            ("generator", "discriminator"),
-            (self.make_optimizer_g, self.make_optimizer_d),
-            optimizers,
-            strict=True,
-        ):
-            lr = getattr(factory, "keywords", {}).get("lr")
+        for name, lightning_optimizer in self._optimizer.items():
+            optimizer = lightning_optimizer.optimizer
+            lr = self.configured_learning_rates[name]
             if lr is None or self.hyperparameter_schedules.schedules_learning_rate(name):
                 continue
             for group in optimizer.param_groups:
@@ -590,27 +637,69 @@ class GANModule(L.LightningModule):
     # ---- optimizers and checkpoints --------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        optimizer_g = self.make_optimizer_g(self.generator.parameters())
-        optimizer_d = self.make_optimizer_d(self.discriminator.parameters())
-        self.hyperparameter_schedules.bind_optimizer("generator", optimizer_g)
-        self.hyperparameter_schedules.bind_optimizer("discriminator", optimizer_d)
-        schedulers = []
-        for net, factory, optimizer in (
-            ("generator", self.make_scheduler_g, optimizer_g),
-            ("discriminator", self.make_scheduler_d, optimizer_d),
-        ):
+        """One optimizer per update, over the parameters of the networks it trains (``trains``)."""
+        optimizers, schedulers = [], []
+        for name, networks in self.trains.items():
+            parameters = [p for network in networks for p in self.networks[network].parameters()]
+            optimizer = self.make_optimizer[name](parameters)
+            self.hyperparameter_schedules.bind_optimizer(name, optimizer)
+            optimizers.append(optimizer)
+            factory = self.make_scheduler[name]
             if factory is None:
                 continue
             schedulers.append(factory(optimizer))
             if isinstance(schedulers[-1], ReduceLROnPlateau):
                 raise ConfigError(
-                    f"optim.{net}_scheduler: ReduceLROnPlateau steps on a monitored metric, and "
+                    f"optim.{name}_scheduler: ReduceLROnPlateau steps on a monitored metric, and "
                     "LR schedulers here step once per iteration with none (a GAN's losses do not "
                     "fall as a model improves). Use a schedule of the iteration: "
                     "torch.optim.lr_scheduler.StepLR/CosineAnnealingLR, or optim.<net>.lr as a "
                     "gan_template.schedule"
                 )
-        return [optimizer_g, optimizer_d], schedulers
+        return optimizers, schedulers
+
+    #: The updates of a GAN and the networks each trains, unless ``trains`` says otherwise.
+    TRAINS: Mapping[str, Sequence[str]] = {
+        "generator": ("generator",),
+        "discriminator": ("discriminator",),
+    }
+
+    def _check_updates(
+        self,
+        trains: Mapping[str, Sequence[str]],
+        optimizers: Mapping[str, Any],
+        schedulers: Mapping[str, Any],
+    ) -> dict[str, tuple[str, ...]]:
+        """``trains`` as tuples, after checking that every name in it and around it exists."""
+        checked = {str(name): tuple(map(str, networks)) for name, networks in trains.items()}
+        for name in ("generator", "discriminator"):
+            if name not in self.networks:
+                raise ValueError(
+                    f"networks: {type(self).__name__} needs a network named {name!r} (model.{name})"
+                )
+        for name, networks in checked.items():
+            unknown = [n for n in networks if n not in self.networks]
+            if unknown:
+                raise ValueError(
+                    f"trains.{name}={list(networks)}: no network named {unknown} (networks: "
+                    f"{sorted(self.networks)}); add it under model.<name> or drop it"
+                )
+            if optimizers.get(name) is None:
+                raise ValueError(
+                    f"trains.{name}: the update {name!r} has no optimizer; set optim.{name}"
+                )
+        unused = sorted(set(optimizers) - set(checked)) + sorted(
+            name for name, factory in schedulers.items() if factory and name not in checked
+        )
+        if unused:
+            raise ValueError(
+                f"optimizers/schedulers {unused}: no update of that name (updates: {sorted(checked)})"
+            )
+        trained = {n for networks in checked.values() for n in networks}
+        for name, network in self.networks.items():
+            if name not in trained:  # a pretrained decoder, an encoder used frozen
+                network.requires_grad_(False)
+        return checked
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["gan_template"] = {

@@ -27,7 +27,7 @@ from gan_template import models
 from gan_template.callbacks.checkpoint import IterationCheckpoint
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
-from gan_template.config import constructor_problem, invalid_config, validate
+from gan_template.config import constructor_problem, invalid_config, optimizer_names, validate
 from gan_template.contracts import check_contracts
 from gan_template.distributed import end_process_group, is_lost_rank, lost_rank
 from gan_template.environment import avoid_per_step_gpu_probing
@@ -59,8 +59,22 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         raise
 
 
+def network_names(cfg: DictConfig) -> list[str]:
+    """The networks the config describes: every ``model.<name>`` that is a ``_target_`` node."""
+    return [
+        str(name)
+        for name in cfg.model
+        if isinstance(cfg.model.get(name), DictConfig) and "_target_" in cfg.model[name]
+    ]
+
+
+def build_networks(cfg: DictConfig, num_classes: int = 0) -> dict[str, nn.Module]:
+    """Every network of ``model:`` by name (``generator``, ``discriminator``, any more)."""
+    return {name: build_network(cfg, name, num_classes) for name in network_names(cfg)}
+
+
 def build_network(cfg: DictConfig, which: str, num_classes: int = 0) -> nn.Module:
-    """``model.generator`` or ``model.discriminator``; class-conditional when ``model.conditional``."""
+    """``model.<which>``; class-conditional when ``model.conditional``."""
     conditional = cfg.model.get("conditional", False)
     if conditional and num_classes < 1:
         raise ConfigError(
@@ -98,12 +112,7 @@ def build_module(cfg: DictConfig, num_classes: int = 0) -> GANModule:
     The networks are built here, not by the node's interpolations, because a
     class-conditional network needs the data's number of classes.
     """
-    module = build(
-        cfg.module,
-        "module",
-        generator=build_network(cfg, "generator", num_classes),
-        discriminator=build_network(cfg, "discriminator", num_classes),
-    )
+    module = build(cfg.module, "module", networks=build_networks(cfg, num_classes))
     if not isinstance(module, GANModule):
         raise ConfigError(
             f"module._target_={cfg.module._target_!r} builds a {type(module).__name__}; it must "
@@ -122,20 +131,17 @@ def check_memory(cfg: DictConfig, num_classes: int) -> None:
     kill names nothing. Activations come on top, so passing is no guarantee.
     """
     with torch.device("meta"):
-        networks = {
-            which: build_network(cfg, which, num_classes)
-            for which in ("generator", "discriminator")
-        }
+        networks = build_networks(cfg, num_classes)
         sizes = {which: sum(p.numel() for p in net.parameters()) for which, net in networks.items()}
         check_batch_fits(cfg, networks["generator"], networks["discriminator"])
     # 4-byte weights, gradients and two Adam moments; the generator's EMA and its sampling copy.
-    copies = {"generator": 4 + (2 if cfg.ema is not None else 0), "discriminator": 4}
+    copies = {name: 4 for name in sizes} | {"generator": 4 + (2 if cfg.ema is not None else 0)}
     needed = sum(4 * sizes[which] * copies[which] for which in sizes)
     available, where = available_memory(cfg)
     if available is not None and needed > 0.9 * available:
+        counts = " and ".join(f"{size / 1e6:,.0f} M {name}" for name, size in sizes.items())
         raise ConfigError(
-            f"the networks are too large for this machine: {sizes['generator'] / 1e6:,.0f} M "
-            f"generator and {sizes['discriminator'] / 1e6:,.0f} M discriminator parameters "
+            f"the networks are too large for this machine: {counts} parameters "
             f"(model={cfg.model.generator._target_.rsplit('.', 1)[-1]}, "
             f"data.resolution={cfg.data.get('resolution')}) need {needed / 2**30:.1f} GiB for "
             f"weights, gradients, Adam and EMA state alone, and {where} has "
@@ -163,8 +169,8 @@ def check_batch_fits(cfg: DictConfig, generator: nn.Module, discriminator: nn.Mo
             f"data.batch_size={batch_size}: the networks cannot take a batch of {batch_size} "
             f"({error}); raise data.batch_size"
         ) from None
-    except (NotImplementedError, RuntimeError):
-        pass  # an operation without a meta kernel: nothing to conclude
+    except (NotImplementedError, RuntimeError, TypeError):
+        pass  # an operation without a meta kernel, a network called otherwise: nothing to conclude
 
 
 def available_memory(cfg: DictConfig) -> tuple[int | None, str]:
@@ -295,7 +301,7 @@ def warn_about_precision(cfg: DictConfig) -> None:
     if str(cfg.trainer.get("precision")) not in ("16-true", "16", "half"):
         return
     too_small = []
-    for name in ("generator", "discriminator"):
+    for name in optimizer_names(cfg):
         node = OmegaConf.select(cfg, f"optim.{name}")
         if isinstance(node, DictConfig) and "Adam" in str(node.get("_target_", "")):
             eps = float(node.get("eps", 1e-8))  # torch's default

@@ -76,6 +76,17 @@ CASES = [
         "reaches -1: must be in [0, inf)",
     ),
     (["+penalty.weight=1"], 2, "penalty={'weight': 1}: must be a {_target_: ...} node or null"),
+    (
+        ["module.trains.generator=[generator,encoder]"],
+        2,
+        "module: trains.generator=['generator', 'encoder']: no network named ['encoder'] "
+        "(networks: ['discriminator', 'generator']); add it under model.<name> or drop it",
+    ),
+    (
+        ["+module.trains.critic=[discriminator]"],
+        2,
+        "the update 'critic' has no optimizer; set optim.critic",
+    ),
     (["+regularizers.typo=1"], 2, "regularizers.typo=1: must be a {_target_: ...} node or null"),
     (
         ["regularizers=[path_length]", "regularizers.path_length.decay=2"],

@@ -124,7 +124,7 @@ def test_integer_betas_are_accepted(make_config) -> None:
 
     cfg = make_config("experiment=ring", "optim.generator.betas=[0,0.99]")
     module = build_module(cfg)
-    optimizer = module.make_optimizer_g(module.generator.parameters())
+    optimizer = module.make_optimizer["generator"](module.generator.parameters())
     betas = optimizer.param_groups[0]["betas"]
     assert tuple(betas) == (0.0, 0.99) and all(type(b) is float for b in betas)
 
