@@ -219,8 +219,8 @@ def main() -> None:
     if unknown := [p for p in chosen if p not in known]:
         parser.error(f"unknown pieces {unknown}; choose from {known}")
 
-    from gan_template.environment import avoid_per_step_gpu_probing
-    from gan_template.train import train
+    from gan_template.harness.environment import avoid_per_step_gpu_probing
+    from gan_template.harness.train import train
 
     avoid_per_step_gpu_probing()
     pooled: dict[str, Any] = {"costs": {p: [] for p in chosen}, "typical": []}

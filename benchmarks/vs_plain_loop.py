@@ -187,7 +187,7 @@ class Clock:
 
 
 def run_template(cfg: Any, warmup: int, clock: Clock) -> dict[str, float]:
-    from gan_template.train import train
+    from gan_template.harness.train import train
 
     train(cfg, extra_callbacks=[clock.callback()])
     return clock.result(warmup)
@@ -200,7 +200,7 @@ class PlainGAN:
         import torch
         from hydra.utils import instantiate
 
-        from gan_template.train import build_module
+        from gan_template.harness.train import build_module
 
         torch.manual_seed(cfg.seed)
         self.module = build_module(cfg)  # the same networks, initialised the same way
@@ -409,8 +409,8 @@ def measure(kind: str, args: argparse.Namespace, count_syncs: bool = False) -> d
 
     import torch
 
-    from gan_template.environment import avoid_per_step_gpu_probing
-    from gan_template.host_syncs import HostSyncCounter
+    from gan_template.harness.environment import avoid_per_step_gpu_probing
+    from gan_template.harness.host_syncs import HostSyncCounter
 
     # `import lightning` (which every kind does, through gan_template) makes torch
     # probe NVML on every Adam.step of a GPU-less machine; train() turns that off,

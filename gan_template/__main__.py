@@ -13,10 +13,10 @@ from omegaconf import DictConfig
 
 # Only what every start needs (`--help`, `--cfg job`, a config Hydra refuses): torch and
 # Lightning are imported by train(), after Hydra has parsed the command line.
-from gan_template.errors import LostRank, TooManySkips, UserInputError, WriteError
-from gan_template.schema import register_schema
-from gan_template.stopping import STOPPED_EXIT_STATUS, StoppedBySignal
-from gan_template.sweep import (
+from gan_template.harness.errors import LostRank, TooManySkips, UserInputError, WriteError
+from gan_template.harness.schema import register_schema
+from gan_template.harness.stopping import STOPPED_EXIT_STATUS, StoppedBySignal
+from gan_template.harness.sweep import (
     become_the_parent_job,
     objective,
     ranks_run_this_job,
@@ -42,10 +42,10 @@ def main(cfg: DictConfig) -> float | None:
     """Train; returns ``optimized_metric``'s final value when set (what sweepers minimize)."""
     hydra_config = HydraConfig.get()
     try:
-        from gan_template.config import validate
+        from gan_template.harness.config import validate
 
         validate(cfg)  # before Lightning is imported: a refused config exits within seconds
-        from gan_template.train import train  # imports Lightning
+        from gan_template.harness.train import train  # imports Lightning
 
         _route_lightning_logs_through_hydra()
         if hydra_config.mode == RunMode.MULTIRUN:

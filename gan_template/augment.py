@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_template.running_state import Float32Buffers
+from gan_template.harness.running_state import Float32Buffers
 from gan_template.schedule import Schedule, check_range, current
 
 

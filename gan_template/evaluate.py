@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from gan_template import models
-from gan_template.checkpoint_io import write_atomically
-from gan_template.errors import UserInputError
+from gan_template.harness.checkpoint_io import write_atomically
+from gan_template.harness.errors import UserInputError
 
 #: Batches of images embedded at once (samples and reference).
 BATCH_SIZE = 500
@@ -199,8 +199,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Evaluate and write the JSON; returns what it wrote."""
+    from gan_template.harness.train import build
     from gan_template.sample import load_generator
-    from gan_template.train import build
 
     args = parse_args(argv)
     started = time.perf_counter()

@@ -38,9 +38,13 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from gan_template import models
 from gan_template.ema import GeneratorEMA
-from gan_template.errors import ConfigError
-from gan_template.lightning_internals import disable_sigterm_broadcast, precision_scaler
-from gan_template.loggers import EpochMeans, as_numbers, log_at_iteration
+from gan_template.harness.errors import ConfigError
+from gan_template.harness.lightning_internals import disable_sigterm_broadcast, precision_scaler
+from gan_template.harness.loggers import EpochMeans, as_numbers, log_at_iteration
+from gan_template.harness.resume import gather_rng_states, restore_rng_state
+from gan_template.harness.skip import SkipRule
+from gan_template.harness.stopping import StopSignal
+from gan_template.harness.update import Updates
 from gan_template.losses import (
     AdversarialLoss,
     NonSaturating,
@@ -49,11 +53,7 @@ from gan_template.losses import (
     split_terms,
 )
 from gan_template.penalties import DiscriminatorPass, GeneratorPass, Penalty, Regularizer
-from gan_template.resume import gather_rng_states, restore_rng_state
 from gan_template.schedule import ScheduledHyperparameters, StepSchedule
-from gan_template.skip import SkipRule
-from gan_template.stopping import StopSignal
-from gan_template.update import Updates
 
 
 @contextmanager
@@ -411,6 +411,15 @@ class GANModule(L.LightningModule):
         return {name: value.detach() for name, value in metrics.items()}
 
     # ---- helpers the algorithm reads through -------------------------------------------------
+
+    @property
+    def batches_per_iteration(self) -> int:
+        """Real batches each training step receives: one per discriminator update (``n_critic``).
+
+        The harness sets the data module's ``batches_per_iteration`` from it; an algorithm
+        with another schedule overrides it.
+        """
+        return self.schedule.n_critic
 
     @property
     def conditional(self) -> bool:

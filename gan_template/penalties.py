@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from gan_template.harness.running_state import Float32Buffers
 from gan_template.losses import Reported
-from gan_template.running_state import Float32Buffers
 from gan_template.schedule import Schedule, check_range, current
 
 

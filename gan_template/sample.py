@@ -23,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gan_template import models
-from gan_template.checkpoint_io import check_readable
 from gan_template.ema import recompute_batch_norm
-from gan_template.errors import UserInputError
-from gan_template.train import build_network
+from gan_template.harness.checkpoint_io import check_readable
+from gan_template.harness.errors import UserInputError
+from gan_template.harness.train import build_network
 
 
 def load_generator(

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, open_dict
 
-from gan_template.train import train
+from gan_template.harness.train import train
 
 
 def run(cfg: DictConfig, *extra_callbacks: Callback) -> dict[str, Any]:

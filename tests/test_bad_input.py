@@ -87,6 +87,11 @@ CASES = [
         2,
         "the update 'critic' has no optimizer; set optim.critic",
     ),
+    (
+        ["+data.batches_per_iteration=2"],
+        2,
+        "data.batches_per_iteration=2: is set from the module's updates",
+    ),
     (["+regularizers.typo=1"], 2, "regularizers.typo=1: must be a {_target_: ...} node or null"),
     (
         ["regularizers=[path_length]", "regularizers.path_length.decay=2"],
@@ -107,7 +112,7 @@ CASES = [
         [
             "skip.max_consecutive='many': must be an integer",
             "model.generator.width='abc': must be an integer",
-            "skip.foo: not a parameter of gan_template.skip.SkipRule",
+            "skip.foo: not a parameter of gan_template.harness.skip.SkipRule",
         ],
     ),
     (
@@ -417,7 +422,7 @@ def test_bad_input_is_refused_before_training_with_a_message_naming_key_and_fix(
     """What ``python -m gan_template`` does with these overrides, in this process: ``train``
     raises the error whose message the command prints (exit status 2, checked above)."""
     from gan_template.__main__ import exit_status
-    from gan_template.errors import UserInputError
+    from gan_template.harness.errors import UserInputError
 
     make_bad_data(tmp_path)
     cfg = compose_config([o.replace("{tmp}", str(tmp_path)) for o in overrides], tmp_path / "run")

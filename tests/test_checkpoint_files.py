@@ -18,7 +18,7 @@ import torch
 from helpers import run
 
 from gan_template.callbacks.periodic import EveryNIterations
-from gan_template.checkpoint_io import (
+from gan_template.harness.checkpoint_io import (
     CheckpointWriteError,
     DamagedCheckpointError,
     check_readable,
@@ -179,7 +179,7 @@ def test_a_full_disk_under_torch_save_is_reported_as_the_write_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """torch.save turns the OSError into "RuntimeError: [enforce fail ...]"; the message names the disk."""
-    import gan_template.checkpoint_io as checkpoint_io
+    import gan_template.harness.checkpoint_io as checkpoint_io
 
     target = tmp_path / "last.ckpt"
     write_atomically(target, lambda file: torch.save({"iteration": 10}, file))

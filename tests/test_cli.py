@@ -89,7 +89,7 @@ def test_ckpt_path_last_resumes_the_run_in_the_same_directory(
     # A shorter run length: nothing to train, and the final evaluation of iteration 30
     # is not run (and logged) again: its result comes back from the checkpoint.
     final = json.loads((run_dir / "final_metrics.json").read_text())
-    with caplog.at_level(logging.WARNING, logger="gan_template.train"):
+    with caplog.at_level(logging.WARNING, logger="gan_template.harness.train"):
         run(make_config(*common, "train.iterations=25", "ckpt_path=last"))
     assert "is at iteration 30, train.iterations=25: nothing to train" in caplog.text
     assert json.loads((run_dir / "final_metrics.json").read_text()) == final

@@ -54,7 +54,7 @@ def test_every_experiment_trains_a_few_iterations(make_config, experiment: str) 
 @pytest.mark.parametrize("experiment", sorted(GPU_EXPERIMENTS))
 def test_gpu_sized_experiments_build_their_networks(make_config, experiment: str) -> None:
     """Composed, validated, and the networks built (shapes only, on the meta device)."""
-    from gan_template.train import build_network
+    from gan_template.harness.train import build_network
 
     channels, resolution, classes = GPU_EXPERIMENTS[experiment]
     cfg = make_config(f"experiment={experiment}", "data.root=/some/images", fast=False)
@@ -72,8 +72,8 @@ def test_gpu_sized_experiments_build_their_networks(make_config, experiment: str
 
 def test_per_stage_lists_pass_the_type_check_through_interpolations(make_config) -> None:
     """model.discriminator.widths is ${model.generator.widths}: a list once resolved."""
-    from gan_template.config import validate
-    from gan_template.errors import ConfigError
+    from gan_template.harness.config import validate
+    from gan_template.harness.errors import ConfigError
 
     cfg = make_config("experiment=r3gan", "model.generator.widths=[32,32,16]", fast=False)
     validate(cfg)  # no "must be an integer or a list of integers"
@@ -102,8 +102,8 @@ def test_a_logger_whose_package_is_missing_is_refused_with_the_install_command(
 ) -> None:
     import importlib.util
 
-    from gan_template.config import validate
-    from gan_template.errors import ConfigError
+    from gan_template.harness.config import validate
+    from gan_template.harness.errors import ConfigError
 
     cfg = make_config("logger=wandb")
     validate(cfg)  # installed here (dev extra)
@@ -120,7 +120,7 @@ def test_a_logger_whose_package_is_missing_is_refused_with_the_install_command(
 def test_integer_betas_are_accepted(make_config) -> None:
     # `betas=[0,0.99]` (R3GAN's and StyleGAN's beta1 = 0) gives YAML an int, which torch's
     # Adam refuses with a traceback unless the template converts it.
-    from gan_template.train import build_module
+    from gan_template.harness.train import build_module
 
     cfg = make_config("experiment=ring", "optim.generator.betas=[0,0.99]")
     module = build_module(cfg)
@@ -158,7 +158,7 @@ def annotated(
     ],
 )
 def test_target_values_are_checked_against_annotations(key, good, bad, message) -> None:
-    from gan_template.config import _type_problems
+    from gan_template.harness.config import _type_problems
 
     assert _type_problems("x", OmegaConf.create({key: good}), annotated) == []
     (problem,) = _type_problems("x", OmegaConf.create({key: bad}), annotated)

@@ -1,6 +1,6 @@
 """At most one host sync per iteration that writes no logs: the GPU is never kept waiting.
 
-Counted with :class:`gan_template.host_syncs.HostSyncCounter` around a real
+Counted with :class:`gan_template.harness.host_syncs.HostSyncCounter` around a real
 Trainer; on a GPU each counted read would make the CPU wait for the device.
 """
 
@@ -15,7 +15,7 @@ import torch
 from helpers import run, without_evaluation
 from lightning.pytorch.callbacks import Callback
 
-from gan_template.host_syncs import HostSyncCounter
+from gan_template.harness.host_syncs import HostSyncCounter
 
 
 class SyncsPerBatch(Callback):

@@ -190,7 +190,7 @@ def test_a_truncated_jpeg_is_skipped_at_start_up_and_named(tmp_path: Path) -> No
 
 
 def test_without_the_start_up_check_a_bad_file_stops_with_its_name(tmp_path: Path) -> None:
-    from gan_template.errors import DataError
+    from gan_template.harness.errors import DataError
 
     folder = tmp_path / "images" / "photos"
     folder.mkdir(parents=True)

@@ -199,7 +199,7 @@ def test_unlabelled_images_get_fid_kid_and_prdc_offline_from_a_local_inception_f
 
 
 def test_a_missing_inception_weights_file_is_refused_at_start_up(tmp_path: Path) -> None:
-    from gan_template.errors import ConfigError
+    from gan_template.harness.errors import ConfigError
 
     cfg = compose_config(
         [*FAST, "callbacks.image_eval.feature_extractor=inception",

@@ -80,7 +80,7 @@ def test_submitits_preemption_signal_is_noted_then_handed_to_the_handler_it_repl
 ) -> None:
     import os
 
-    from gan_template.stopping import StopSignal, stop_signals
+    from gan_template.harness.stopping import StopSignal, stop_signals
 
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
     assert stop_signals() == (signal.SIGTERM,)  # outside a submitit job: SIGTERM alone

@@ -1,6 +1,6 @@
 """Each private or internal name the template uses still works in the installed Lightning/torch.
 
-If one of these fails after an upgrade, fix ``gan_template/lightning_internals.py`` (the only
+If one of these fails after an upgrade, fix ``gan_template/harness/lightning_internals.py`` (the only
 place that touches these names) before raising the ``lightning`` pin.
 """
 
@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from gan_template import lightning_internals as internals
+from gan_template.harness import lightning_internals as internals
 
 
 def test_add_prefix_and_flatten_params_match_what_loggers_write() -> None:

@@ -11,7 +11,7 @@ import torch
 from helpers import run, without_evaluation
 from PIL import Image
 
-from gan_template.loggers import EpochMeans
+from gan_template.harness.loggers import EpochMeans
 from gan_template.module import GANModule
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
-from gan_template.distributed import ddp_strategy, elastic_store, is_lost_rank, lost_rank
+from gan_template.harness.distributed import ddp_strategy, elastic_store, is_lost_rank, lost_rank
 
 GLOO = "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] "
 

@@ -144,7 +144,7 @@ def test_torchrun_restarts_the_group_and_it_resumes_from_the_last_checkpoint(
 ) -> None:
     """The README's ``--max-restarts`` command: kill one rank, the group resumes and finishes.
 
-    Before ``gan_template.distributed.elastic_store`` the restarted rank 0
+    Before ``gan_template.harness.distributed.elastic_store`` the restarted rank 0
     read the dead rank's address from the first attempt (connection refused).
     """
     run_dir = tmp_path / "run"

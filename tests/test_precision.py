@@ -107,14 +107,14 @@ def test_true_precisions_train_and_evaluate_in_the_module_dtype(
 def test_16_true_with_adams_default_eps_is_flagged_before_training(
     make_config, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from gan_template.train import warn_about_precision
+    from gan_template.harness.train import warn_about_precision
 
-    with caplog.at_level("WARNING", logger="gan_template.train"):
+    with caplog.at_level("WARNING", logger="gan_template.harness.train"):
         warn_about_precision(make_config("experiment=ring", "trainer.precision=16-true"))
     assert "with optim.generator.eps=1e-08, optim.discriminator.eps=1e-08 (below" in caplog.text
     assert "Use trainer.precision=16-mixed" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="gan_template.train"):
+    with caplog.at_level("WARNING", logger="gan_template.harness.train"):
         larger_eps = ["+optim.generator.eps=1e-4", "+optim.discriminator.eps=1e-4"]
         warn_about_precision(
             make_config("experiment=ring", "trainer.precision=16-true", *larger_eps)

@@ -95,7 +95,7 @@ def test_a_learning_rate_changed_on_resume_is_applied_and_stored(
 def test_resuming_with_other_network_shapes_names_the_keys_and_the_checkpoint_values(
     make_config, tmp_path: Path
 ) -> None:
-    from gan_template.errors import ConfigError
+    from gan_template.harness.errors import ConfigError
 
     first = tmp_path / "first"
     common = ["experiment=ring", "callbacks.toy_eval.every_n_iterations=0"]
@@ -135,7 +135,7 @@ def test_a_change_that_shapes_no_tensor_is_applied_on_resume(make_config, tmp_pa
 
 
 def test_ckpt_path_auto_starts_afresh_then_resumes_from_the_run_directory(tmp_path: Path) -> None:
-    from gan_template.train import resolve_checkpoint
+    from gan_template.harness.train import resolve_checkpoint
 
     assert resolve_checkpoint("auto", tmp_path) is None  # nothing saved yet: a fresh start
     saved = tmp_path / "checkpoints" / "last.ckpt"
@@ -145,8 +145,8 @@ def test_ckpt_path_auto_starts_afresh_then_resumes_from_the_run_directory(tmp_pa
 
 
 def test_a_new_run_into_a_directory_holding_a_run_is_refused(tmp_path: Path) -> None:
-    from gan_template.errors import ConfigError
-    from gan_template.train import resolve_checkpoint
+    from gan_template.harness.errors import ConfigError
+    from gan_template.harness.train import resolve_checkpoint
 
     assert resolve_checkpoint(None, tmp_path) is None
     saved = tmp_path / "checkpoints" / "last.ckpt"

@@ -41,8 +41,10 @@ def test_n_critic_feeds_each_critic_update_a_fresh_real_batch(make_config) -> No
         "experiment=ring", "train.iterations=2", "train.n_critic=4", "data.batch_size=32"
     )
     recorder = StepRecorder()
-    run(cfg, recorder)
-    assert cfg.data.batches_per_iteration == 4  # the loader serves 4 x 32 per step
+    result = run(cfg, recorder)
+    assert "batches_per_iteration" not in cfg.data  # derived from the updates, not set by hand
+    datamodule = result["module"].trainer.datamodule
+    assert datamodule.batches_per_iteration == 4  # the loader serves 4 x 32 per step
 
 
 def test_checkpoints_are_numbered_by_iteration(make_config) -> None:

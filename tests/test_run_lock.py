@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from gan_template.run_lock import LOCK_NAME, DirectoryLock, RunDirectoryInUse, RunDirectoryLock
+from gan_template.harness.run_lock import (
+    LOCK_NAME,
+    DirectoryLock,
+    RunDirectoryInUse,
+    RunDirectoryLock,
+)
 
 
 def test_a_second_lock_on_a_directory_is_refused_naming_the_holder(tmp_path: Path) -> None:
@@ -32,7 +37,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from gan_template.run_lock import DirectoryLock; "
+            "import sys, time; from gan_template.harness.run_lock import DirectoryLock; "
             "DirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
             str(tmp_path),
         ],

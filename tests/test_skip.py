@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import StepRecorder, run, without_evaluation
 
-from gan_template.skip import TooManySkips
+from gan_template.harness.skip import TooManySkips
 
 
 @pytest.mark.parametrize("experiment", ["ring", "dcgan", "wgan_gp"])
@@ -112,7 +112,7 @@ def test_nonfinite_gradient_skips_the_update_and_keeps_weights_finite(
     make_config, log_every: int
 ) -> None:
     """Flagged from the logged gradient norm, or, on iterations that do not log, by a fused check."""
-    from gan_template import train as train_module
+    from gan_template.harness import train as train_module
 
     cfg = make_config(
         "experiment=ring", "train.iterations=4", f"trainer.log_every_n_steps={log_every}"
@@ -188,7 +188,7 @@ def raise_at_iteration_two(metrics: Mapping[str, torch.Tensor], iteration: int) 
 
 
 def test_a_predicate_that_raises_is_named_with_the_iteration(make_config) -> None:
-    from gan_template.skip import SkipPredicateError
+    from gan_template.harness.skip import SkipPredicateError
 
     cfg = make_config(
         "experiment=ring",

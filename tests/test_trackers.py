@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import run
 
-from gan_template.loggers import TRACKER_RUNS
+from gan_template.harness.loggers import TRACKER_RUNS
 
 wandb = pytest.importorskip("wandb")
 mlflow = pytest.importorskip("mlflow")

@@ -17,9 +17,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gan_template.callbacks.periodic import EveryNIterations, is_due
-from gan_template.checkpoint_io import copy_atomically
+from gan_template.harness.checkpoint_io import copy_atomically
+from gan_template.harness.skip import TooManySkips
 from gan_template.module import GANModule, as_gan_module
-from gan_template.skip import TooManySkips
 
 
 class IterationCheckpoint(Callback):

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from gan_template import models
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.data.images import ImageDataModule
-from gan_template.errors import ConfigError
-from gan_template.loggers import log_at_iteration
+from gan_template.harness.errors import ConfigError
+from gan_template.harness.loggers import log_at_iteration
 from gan_template.metrics.classifier import (
     FeatureExtractor,
     SmallClassifier,

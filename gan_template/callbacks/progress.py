@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from gan_template.lightning_internals import progress_bar_due
+from gan_template.harness.lightning_internals import progress_bar_due
 from gan_template.module import as_gan_module
 
 

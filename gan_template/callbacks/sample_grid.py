@@ -10,7 +10,7 @@ from torchvision.utils import make_grid, save_image
 
 from gan_template import models
 from gan_template.callbacks.periodic import EveryNIterations
-from gan_template.loggers import log_image
+from gan_template.harness.loggers import log_image
 from gan_template.module import GANModule, as_gan_module
 
 

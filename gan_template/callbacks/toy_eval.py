@@ -11,7 +11,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 
 from gan_template import models
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
-from gan_template.loggers import log_at_iteration, log_image
+from gan_template.harness.loggers import log_at_iteration, log_image
 from gan_template.metrics.toy import ModeCoverage, mode_coverage
 from gan_template.module import GANModule, as_gan_module
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from gan_template.data.sampling import training_loader
-from gan_template.errors import DataError
+from gan_template.harness.errors import DataError
 
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeba")
 DATASETS = ("digits", *TORCHVISION_DATASETS, "folder")
@@ -121,7 +121,6 @@ class ImageDataModule(L.LightningDataModule):
         resolution: image side in pixels (a power of two for the networks here).
         channels: 1 (grey) or 3 (RGB); images are converted as needed.
         batch_size: images per discriminator update.
-        batches_per_iteration: discriminator updates per iteration (``train.n_critic``).
         download: let torchvision download the dataset into ``root`` (needs internet).
         num_workers, pin_memory: DataLoader settings for file-backed datasets.
         data_seed: seed of the shuffling order.
@@ -139,7 +138,6 @@ class ImageDataModule(L.LightningDataModule):
         resolution: int = 16,
         channels: int = 1,
         batch_size: int = 64,
-        batches_per_iteration: int = 1,
         download: bool = False,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -159,7 +157,9 @@ class ImageDataModule(L.LightningDataModule):
         self.resolution = resolution
         self.channels = channels
         self.batch_size = batch_size
-        self.batches_per_iteration = batches_per_iteration
+        #: Real batches per training step, one per discriminator update: set by the harness
+        #: from the module's updates (``GANModule.batches_per_iteration``).
+        self.batches_per_iteration = 1
         self.download = download
         self.num_workers = num_workers
         self.pin_memory = pin_memory

@@ -18,9 +18,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from gan_template.errors import DataError
-from gan_template.lightning_internals import batches_done_in_epoch
-from gan_template.stopping import stop_signals
+from gan_template.harness.errors import DataError
+from gan_template.harness.lightning_internals import batches_done_in_epoch
+from gan_template.harness.stopping import stop_signals
 
 
 class EpochShuffledBatches(Sampler[Any]):

@@ -41,8 +41,6 @@ class ToyMixtureDataModule(L.LightningDataModule):
         name: ``ring`` or ``grid``.
         num_samples: size of the training set (drawn deterministically from ``data_seed``).
         batch_size: samples per discriminator update.
-        batches_per_iteration: discriminator updates per iteration (``train.n_critic``);
-            each training step receives ``batch_size * batches_per_iteration`` samples.
         data_seed: seed of the training set and of the shuffling order.
         scale: divide the data (and the modes and std used by the metric) by this.
             Networks learn faster on data of unit scale; the metric is unchanged
@@ -54,7 +52,6 @@ class ToyMixtureDataModule(L.LightningDataModule):
         name: str = "ring",
         num_samples: int = 100_000,
         batch_size: int = 256,
-        batches_per_iteration: int = 1,
         data_seed: int = 0,
         scale: float = 1.0,
     ) -> None:
@@ -66,7 +63,9 @@ class ToyMixtureDataModule(L.LightningDataModule):
         self.name: str = name
         self.num_samples = num_samples
         self.batch_size = batch_size
-        self.batches_per_iteration = batches_per_iteration
+        #: Real batches per training step, one per discriminator update: set by the harness
+        #: from the module's updates (``GANModule.batches_per_iteration``).
+        self.batches_per_iteration = 1
         self.data_seed = data_seed
         self.sample_shape: tuple[int, ...] = (self.modes.shape[1],)
         self.dataset: TensorDataset | None = None

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_template.checkpoint_io import write_atomically
+from gan_template.harness.checkpoint_io import write_atomically
 from gan_template.metrics.images import to_unit_range
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gan_template.errors import ConfigError
+from gan_template.harness.errors import ConfigError
 
 
 def _attribute(net: nn.Module, name: str, meaning: str) -> Any:

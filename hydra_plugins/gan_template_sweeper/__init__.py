@@ -1,6 +1,6 @@
 """The door Hydra needs: it finds sweepers only in the ``hydra_plugins`` namespace.
 
-The search itself is ``gan_template/optuna_search.py``; it is imported when a
+The search itself is ``gan_template/harness/optuna_search.py``; it is imported when a
 sweep starts, not when Hydra scans its plugins at every start (``--help`` too).
 """
 
@@ -14,10 +14,10 @@ from omegaconf import DictConfig
 
 
 class OptunaSearch(Sweeper):
-    """``hydra/sweeper=optuna_search``: see ``gan_template.optuna_search.OptunaSearch``."""
+    """``hydra/sweeper=optuna_search``: see ``gan_template.harness.optuna_search.OptunaSearch``."""
 
     def __init__(self, **settings: Any) -> None:
-        from gan_template.optuna_search import OptunaSearch as Search
+        from gan_template.harness.optuna_search import OptunaSearch as Search
 
         self.search = Search(**settings)
 

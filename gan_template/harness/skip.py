@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gan_template.errors import TooManySkips, UserInputError
+from gan_template.harness.errors import TooManySkips, UserInputError
 
 #: Built-in reasons an update is flagged. The first is read from the loss before
 #: the backward, the last from the gradients after it; the predicate's reason
@@ -140,7 +140,7 @@ class SkipRule:
         return SkipPredicateError(
             f"skip.predicate {name} raised {type(error).__name__}: {error}{where} at iteration "
             f"{iteration}; it was given the metrics {sorted(metrics)} (see SkipPredicate in "
-            "gan_template/skip.py). Fix the predicate, or set skip.predicate=null"
+            "gan_template/harness/skip.py). Fix the predicate, or set skip.predicate=null"
         )
 
     # ---- the accounting (host side, once per iteration) --------------------------------------

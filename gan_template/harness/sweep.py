@@ -29,7 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gan_template.errors import ConfigError
+from gan_template.harness.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

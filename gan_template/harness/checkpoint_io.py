@@ -26,7 +26,7 @@ from typing import IO, Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from gan_template.errors import CheckpointWriteError, DamagedCheckpointError
+from gan_template.harness.errors import CheckpointWriteError, DamagedCheckpointError
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:

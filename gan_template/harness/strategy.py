@@ -6,7 +6,7 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed.constants import default_pg_timeout
 
-from gan_template.distributed import elastic_store
+from gan_template.harness.distributed import elastic_store
 
 
 class RestartableDDPStrategy(DDPStrategy):

@@ -2,7 +2,7 @@
 
 Two layers, both before any data is loaded:
 
-1. **Structure and types.** :class:`~gan_template.schema.RunConfig` is registered
+1. **Structure and types.** :class:`~gan_template.harness.schema.RunConfig` is registered
    in Hydra's ConfigStore as ``schema`` and is the first entry of ``conf/config.yaml``'s
    defaults, so Hydra refuses an unknown key (``trian.iterations=5``) or a
    value of the wrong type (``train.iterations=many``) while composing.
@@ -38,10 +38,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from torch import nn
 
-from gan_template.errors import ConfigError
+from gan_template.harness.errors import ConfigError
+from gan_template.harness.schema import RunConfig
+from gan_template.harness.skip import SkipRule
 from gan_template.schedule import Schedule, StepSchedule
-from gan_template.schema import RunConfig
-from gan_template.skip import SkipRule
 
 #: Packages whose callables a config may instantiate, besides ``extra_target_prefixes``.
 ALLOWED_TARGET_PREFIXES = ("gan_template.", "torch.", "torchvision.", "torchmetrics.", "lightning.")
@@ -115,6 +115,12 @@ def validate(cfg: DictConfig) -> None:
             "with callbacks=images (image/fid, image/kid, image/class_kl, ...)",
         )
     need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32 - 1]")
+    need(
+        "batches_per_iteration" not in cfg.data,
+        "data.batches_per_iteration",
+        "is set from the module's updates (one real batch per discriminator update, "
+        "train.n_critic); remove it from the data config",
+    )
     need(cfg.train.iterations >= 1, "train.iterations", "must be >= 1")
     need(
         cfg.augment is None or cfg.data.get("resolution") is not None,
@@ -207,7 +213,7 @@ def validate(cfg: DictConfig) -> None:
     need(channels is None or channels in (1, 3), "data.channels", "must be 1 (grey) or 3 (RGB)")
     clip_norm = cfg.optim.get("gradient_clip_norm")
     if clip_norm is not None:  # its owner's module imports Lightning: only when it is set
-        from gan_template.update import Updates
+        from gan_template.harness.update import Updates
 
         try:
             Updates(SkipRule(0), clip_norm)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gan_template.errors import LostRank
+from gan_template.harness.errors import LostRank
 
 if TYPE_CHECKING:
     from lightning.pytorch.strategies import DDPStrategy
@@ -43,10 +43,10 @@ def ddp_strategy(timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> DDPStra
     A config cannot build the ``datetime.timedelta`` Lightning wants (and
     ``datetime.`` is not an allowed ``_target_`` prefix), hence this factory.
     Other keyword arguments go to ``DDPStrategy`` unchanged. The strategy is
-    :class:`gan_template.strategy.RestartableDDPStrategy`: under torchrun it
+    :class:`gan_template.harness.strategy.RestartableDDPStrategy`: under torchrun it
     joins the process group through :func:`elastic_store`.
     """
-    from gan_template.strategy import RestartableDDPStrategy  # here: imports Lightning
+    from gan_template.harness.strategy import RestartableDDPStrategy  # here: imports Lightning
 
     if not timeout_s > 0:
         raise ValueError(f"trainer.strategy.timeout_s must be > 0 seconds, got {timeout_s}")

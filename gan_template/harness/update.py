@@ -38,9 +38,9 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from gan_template.distributed import all_reduce_gradients, disable_reducer
-from gan_template.lightning_internals import flag_nonfinite, step_takes_found_inf
-from gan_template.skip import SkipRule
+from gan_template.harness.distributed import all_reduce_gradients, disable_reducer
+from gan_template.harness.lightning_internals import flag_nonfinite, step_takes_found_inf
+from gan_template.harness.skip import SkipRule
 
 
 def decides_on_device(optimizer: Optimizer, scaler: Any) -> bool:

@@ -32,9 +32,13 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
-from gan_template.checkpoint_io import write_atomically
-from gan_template.errors import ConfigError
-from gan_template.lightning_internals import AppendingExperimentWriter, add_prefix, flatten_params
+from gan_template.harness.checkpoint_io import write_atomically
+from gan_template.harness.errors import ConfigError
+from gan_template.harness.lightning_internals import (
+    AppendingExperimentWriter,
+    add_prefix,
+    flatten_params,
+)
 
 
 def log_at_iteration(

@@ -45,7 +45,7 @@ class RunConfig:
     loss: Any = MISSING  # gan_template.losses.*
     penalty: Any = None  # gan_template.penalties.*, or null (penalty=none)
     regularizers: Any = None  # {name: gan_template.penalties.* node}: more, either update
-    skip: Any = MISSING  # gan_template.skip.SkipRule
+    skip: Any = MISSING  # gan_template.harness.skip.SkipRule
     augment: Any = None  # gan_template.augment.DiffAugment, or null (augment=none)
     ema: Any = None  # gan_template.ema.GeneratorEMA (a partial), or null (ema=none)
     module: Any = MISSING  # gan_template.module.GANModule: the parts above, wired

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gan_template.errors import ConfigError
+from gan_template.harness.errors import ConfigError
 from gan_template.losses import AdversarialLoss, split_terms
 from gan_template.penalties import DiscriminatorPass, Penalty, Regularizer
 

@@ -51,8 +51,8 @@ from hydra.types import HydraContext, TaskFunction
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gan_template.errors import ConfigError
-from gan_template.sweep import TRIAL_FILE
+from gan_template.harness.errors import ConfigError
+from gan_template.harness.sweep import TRIAL_FILE
 
 if TYPE_CHECKING:
     import optuna

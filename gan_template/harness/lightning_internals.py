@@ -116,6 +116,6 @@ def disable_sigterm_broadcast(trainer: L.Trainer) -> None:
     if not hasattr(loop, "_broadcast_sigterm_tensor"):
         raise AttributeError(
             "Lightning's training epoch loop has no _broadcast_sigterm_tensor any more: "
-            "check its SIGTERM handling against gan_template/stopping.py"
+            "check its SIGTERM handling against gan_template/harness/stopping.py"
         )
     loop._broadcast_sigterm_tensor = lambda: None  # type: ignore[method-assign]

@@ -26,15 +26,20 @@ from torch import nn
 from gan_template import models
 from gan_template.callbacks.checkpoint import IterationCheckpoint
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
-from gan_template.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
-from gan_template.config import constructor_problem, invalid_config, optimizer_names, validate
-from gan_template.contracts import check_contracts
-from gan_template.distributed import end_process_group, is_lost_rank, lost_rank
-from gan_template.environment import avoid_per_step_gpu_probing
-from gan_template.errors import ConfigError, UserInputError, WriteError
+from gan_template.harness.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
+from gan_template.harness.config import (
+    constructor_problem,
+    invalid_config,
+    optimizer_names,
+    validate,
+)
+from gan_template.harness.contracts import check_contracts
+from gan_template.harness.distributed import end_process_group, is_lost_rank, lost_rank
+from gan_template.harness.environment import avoid_per_step_gpu_probing
+from gan_template.harness.errors import ConfigError, UserInputError, WriteError
+from gan_template.harness.resume import SHAPE_SECTIONS, config_changes, shape_mismatches
+from gan_template.harness.stopping import StoppedBySignal
 from gan_template.module import GANModule
-from gan_template.resume import SHAPE_SECTIONS, config_changes, shape_mismatches
-from gan_template.stopping import StoppedBySignal
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +344,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     check_memory(cfg, num_classes)
     module = build_module(cfg, num_classes=num_classes)
     check_shapes(module, datamodule)
+    # One real batch per discriminator update: the module's update schedule decides.
+    datamodule.batches_per_iteration = module.batches_per_iteration  # type: ignore[attr-defined]
     check_contracts(
         module.adversarial_loss,
         module.penalty,
@@ -458,7 +465,7 @@ def stopped_early(trainer: L.Trainer, module: GANModule) -> StoppedBySignal:
 def write_final_metrics(trainer: L.Trainer, module: GANModule, run_dir: Path) -> dict[str, float]:
     """``<run dir>/final_metrics.json``: the iteration reached and the last evaluation's metrics.
 
-    What a sweep's summary and a sweeper's objective read (``gan_template/sweep.py``).
+    What a sweep's summary and a sweeper's objective read (``gan_template/harness/sweep.py``).
     """
     final: dict[str, float] = {"iteration": module.iteration}
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
