@@ -31,6 +31,7 @@ read the flag on the host instead: one sync per update, otherwise the same.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,6 +47,28 @@ from gan_template.harness.skip import SkipRule
 def decides_on_device(optimizer: Optimizer, scaler: Any) -> bool:
     """Whether ``optimizer.step`` honours a device-side ``found_inf`` flag we may set."""
     return scaler is None and step_takes_found_inf(optimizer)
+
+
+@dataclass
+class StepInHand:
+    """One update's state across Lightning's ``optimizer.step()``: the only hand-over.
+
+    The update cannot clip and check its gradients before calling the step:
+    Lightning's precision plugin unscales 16-mixed gradients *inside*
+    ``LightningOptimizer.step()``, then calls ``on_before_optimizer_step``, then
+    the optimizer's own step (clipping earlier would clip scaled gradients,
+    Lightning #18089; strategies such as DeepSpeed and FSDP wrap that step too).
+    So ``Updates.apply`` makes this object, calls the step, and the module's
+    ``on_before_optimizer_step`` passes it to ``Updates.before_step``, which
+    clips, checks and fills in what ``apply`` reads back. It lives for one
+    update; nothing else crosses the hook.
+    """
+
+    measure_norm: bool
+    loss: Tensor | None  # one process, no predicate: checked with the gradients
+    loss_flags: Tensor | None  # decided before the backward (DDP, a predicate)
+    grad_norm: Tensor | None = None  # set by before_step
+    checked: bool = False  # set by before_step
 
 
 class Updates:
@@ -85,12 +108,8 @@ class Updates:
         self._flags: Tensor | None = None  # ``reasons`` layout (0./1.), ORed over the updates
         self._stop: Tensor | None = None  # under DDP: per stop signal, how many ranks got it
         self._metrics_so_far: dict[str, Tensor] = {}  # what a predicate sees (skip.SkipPredicate)
-        # Per update, from apply() to before_step() and back.
-        self._measure_norm = True
-        self._checked = False  # before_step ran for this update
-        self._loss: Tensor | None = None
-        self._loss_flags: Tensor | None = None
-        self._grad_norm: Tensor | None = None
+        # Per update, from apply() through Lightning's optimizer.step() to before_step().
+        self._in_hand: StepInHand | None = None
 
     def prepare(
         self,
@@ -161,20 +180,18 @@ class Updates:
         if first:
             loss = rule.inject(loss, self._iteration, self._rank)
         optimizer.zero_grad(set_to_none=True)
-        self._measure_norm, self._checked = measure_norm, False
-        if not rule.check_losses and rule.predicate is None:
-            self._loss = self._loss_flags = None
-        elif self._world_size > 1 or rule.predicate is not None:
+        checked_loss, loss_flags = None, None
+        if rule.check_losses and self._world_size == 1 and rule.predicate is None:
+            checked_loss = loss.detach()  # checked together with the gradient norm: fewer kernels
+        elif rule.check_losses or rule.predicate is not None:
             # Flags decided before the backward; under DDP they ride in its all-reduce.
             if rule.predicate is not None:
                 self._metrics_so_far.update((k, v.detach()) for k, v in metrics.items())
                 metrics = self._metrics_so_far
-            self._loss, self._loss_flags = None, rule.loss_flags(loss, metrics, self._iteration)
-        else:  # checked together with the gradient norm: fewer kernels
-            self._loss, self._loss_flags = loss.detach(), None
+            loss_flags = rule.loss_flags(loss, metrics, self._iteration)
         self._backward(loss)
         parameters = self._parameters[optimizer.optimizer]
-        extra = self._loss_flags
+        extra = loss_flags
         carries_stop = first and self._world_size > 1
         if carries_stop:  # this rank's stop note rides in the iteration's first all-reduce
             stop = loss.new_zeros(self._stop_slots, dtype=torch.float32)
@@ -187,12 +204,20 @@ class Updates:
             n = self._stop_slots
             self._stop, flags = flags[-n:], (flags[:-n] if len(flags) > n else None)
         if flags is not None and self._world_size > 1:
-            self._loss_flags = flags.clamp_(max=1.0)  # summed over ranks
-        optimizer.step()  # calls before_step() via on_before_optimizer_step
-        optimizer.optimizer.__dict__.pop("found_inf", None)
-        assert self._checked, "on_before_optimizer_step must call Updates.before_step"
-        grad_norm, self._grad_norm = self._grad_norm, None
-        return grad_norm
+            loss_flags = flags.clamp_(max=1.0)  # summed over ranks
+        self._in_hand = step = StepInHand(measure_norm, checked_loss, loss_flags)
+        try:
+            optimizer.step()  # Lightning: unscale, on_before_optimizer_step -> before_step, step
+        finally:
+            self._in_hand = None
+            # GradScaler's protocol: the flag lives on the optimizer for its step only.
+            optimizer.optimizer.__dict__.pop("found_inf", None)
+        if not step.checked:
+            raise RuntimeError(
+                f"{type(self).__name__}.before_step did not run in optimizer.step(): a module "
+                "that overrides on_before_optimizer_step must call super()'s"
+            )
+        return step.grad_norm
 
     def before_step(self, optimizer: Optimizer) -> None:
         """Clip and check the unscaled gradients; make the coming step apply nothing if flagged.
@@ -201,6 +226,9 @@ class Updates:
         precision plugin has unscaled the gradients (clipping earlier would clip
         16-mixed's scaled gradients, Lightning #18089).
         """
+        step = self._in_hand
+        if step is None:  # an optimizer stepped outside Updates.apply (not ours to check)
+            return
         parameters = self._parameters[optimizer]
         if self._scaler is not None and step_takes_found_inf(optimizer):
             # Lightning leaves unscaling to a fused optimizer's own step (its
@@ -210,11 +238,11 @@ class Updates:
         norm = None
         if self.gradient_clip_norm is not None:
             norm = nn.utils.clip_grad_norm_(parameters, self.gradient_clip_norm, foreach=True)
-        elif self._measure_norm:
+        elif step.measure_norm:
             norm = self._gradient_norm(parameters)
-        self._checked = True
-        self._grad_norm = None if norm is None else norm.detach()
-        flags = self._update_flags(optimizer, parameters)
+        step.checked = True
+        step.grad_norm = None if norm is None else norm.detach()
+        flags = self._update_flags(optimizer, parameters, step)
         if flags is None:
             return
         skip = flags.amax()  # 1 once any update of this iteration was flagged
@@ -231,7 +259,9 @@ class Updates:
             [p.grad for p in parameters if p.grad is not None], foreach=True
         )
 
-    def _update_flags(self, optimizer: Optimizer, parameters: list[nn.Parameter]) -> Tensor | None:
+    def _update_flags(
+        self, optimizer: Optimizer, parameters: list[nn.Parameter], step: StepInHand
+    ) -> Tensor | None:
         """The iteration's flags so far, with this update's added; None without checks.
 
         One float tensor in ``self.reasons`` layout, made at the iteration's first
@@ -246,17 +276,18 @@ class Updates:
             self._flags = torch.zeros(len(self.reasons), dtype=torch.float32, device=one.device)
         flags = self._flags
         n_loss = len(self.reasons) - int(self.rule.check_gradients)
-        if self._loss is not None:  # one process, no predicate: the loss is checked here
-            flag_nonfinite([self._loss.reshape(1)], flags[:1], one)
-        elif self._loss_flags is not None:  # decided before the backward (DDP, a predicate)
-            torch.maximum(flags[:n_loss], self._loss_flags.float(), out=flags[:n_loss])
+        if step.loss is not None:  # one process, no predicate: the loss is checked here
+            flag_nonfinite([step.loss.reshape(1)], flags[:1], one)
+        elif step.loss_flags is not None:  # decided before the backward (DDP, a predicate)
+            torch.maximum(flags[:n_loss], step.loss_flags.float(), out=flags[:n_loss])
         if self.rule.check_gradients:
-            self._flag_gradients(parameters, flags[n_loss:], one)
+            self._flag_gradients(parameters, flags[n_loss:], one, step.grad_norm)
         return flags
 
-    def _flag_gradients(self, parameters: list[nn.Parameter], flag: Tensor, one: Tensor) -> None:
+    def _flag_gradients(
+        self, parameters: list[nn.Parameter], flag: Tensor, one: Tensor, norm: Tensor | None
+    ) -> None:
         """Set ``flag`` if the gradients hold inf or NaN: from their norm when it was measured."""
-        norm = self._grad_norm
         grads = [p.grad for p in parameters if p.grad is not None] if norm is None else [norm]
         if grads:
             flag_nonfinite(grads, flag, one)
