@@ -84,3 +84,36 @@ def test_lightnings_per_batch_sigterm_broadcast_is_where_it_is_switched_off() ->
     assert callable(type(loop)._broadcast_sigterm_tensor)  # still Lightning's name for it
     internals.disable_sigterm_broadcast(trainer)
     assert loop._broadcast_sigterm_tensor() is None  # no collective, no host read
+
+
+def test_the_loggers_state_the_subclasses_read_is_where_they_read_it(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
+
+    csv_logger = CSVLogger(tmp_path, name="csv", prefix="p")
+    assert internals.logger_run(csv_logger) is None  # made on first use
+    assert internals.logger_prefix(csv_logger) == "p"
+    internals.logger_filesystem(csv_logger).makedirs(tmp_path / "made", exist_ok=True)
+    writer = csv_logger.experiment
+    assert internals.logger_run(csv_logger) is writer
+    internals.set_logger_run(csv_logger, None)
+    assert internals.logger_run(csv_logger) is None
+
+    wandb_logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    assert (
+        internals.logger_run(wandb_logger) is None and internals.logger_prefix(wandb_logger) == ""
+    )
+
+    mlflow_logger = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert internals.mlflow_run_id(mlflow_logger) is None  # asking starts nothing
+    mlflow_logger.experiment  # noqa: B018  # starts the run
+    assert internals.mlflow_run_id(mlflow_logger) == mlflow_logger.run_id
+
+
+def test_the_ddp_strategys_timeout_and_backend_are_where_they_are_read() -> None:
+    from datetime import timedelta
+
+    from gan_template.harness.strategy import RestartableDDPStrategy
+
+    strategy = RestartableDDPStrategy(timeout=timedelta(seconds=42))
+    L.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False)  # sets its devices
+    assert internals.ddp_settings(strategy) == (timedelta(seconds=42), "gloo")

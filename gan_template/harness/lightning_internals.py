@@ -119,3 +119,50 @@ def disable_sigterm_broadcast(trainer: L.Trainer) -> None:
             "check its SIGTERM handling against gan_template/harness/stopping.py"
         )
     loop._broadcast_sigterm_tensor = lambda: None  # type: ignore[method-assign]
+
+
+# ---- Loggers and the DDP strategy: state their subclasses here read or set ------------------
+
+
+def logger_run(logger: Any) -> Any:
+    """The writer or run a Lightning logger makes on first use of ``experiment``; None before.
+
+    ``CSVLogger``'s and ``WandbLogger``'s ``_experiment``. The template's
+    subclasses (``loggers.py``) act once, when the run is created: the CSV
+    logger puts an appending writer there first (Lightning's deletes
+    ``metrics.csv``), W&B defines its step metric and remembers the run id for
+    a resume. Public replacement: none (``experiment`` always creates it).
+    """
+    return logger._experiment
+
+
+def set_logger_run(logger: Any, run: Any) -> None:
+    """Set (or, with None, forget) what :func:`logger_run` returns."""
+    logger._experiment = run
+
+
+def logger_filesystem(logger: Any) -> Any:
+    """The fsspec filesystem a ``CSVLogger`` writes through (``_fs``), to make its folder."""
+    return logger._fs
+
+
+def logger_prefix(logger: Any) -> str:
+    """A logger's ``prefix`` setting (``_prefix``), which ``log_metrics`` prepends to names."""
+    return logger._prefix
+
+
+def mlflow_run_id(logger: Any) -> str | None:
+    """The MLflow run ``MLFlowLogger`` has started, or None before its first use.
+
+    ``_initialized`` and ``_run_id``: the public ``run_id`` property starts the
+    run, which the template must not do just to ask (a resumed run is
+    continued, not created). Public replacement: none.
+    """
+    return logger._run_id if logger._initialized else None
+
+
+def ddp_settings(strategy: Any) -> tuple[Any, str]:
+    """``DDPStrategy``'s timeout setting (``_timeout``; None: torch's default) and the backend
+    it would pick (``_get_process_group_backend()``), for a process group made before
+    Lightning's (``strategy.py``). Public replacement: none."""
+    return strategy._timeout, strategy._get_process_group_backend()

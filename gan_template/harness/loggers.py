@@ -38,6 +38,11 @@ from gan_template.harness.lightning_internals import (
     AppendingExperimentWriter,
     add_prefix,
     flatten_params,
+    logger_filesystem,
+    logger_prefix,
+    logger_run,
+    mlflow_run_id,
+    set_logger_run,
 )
 
 
@@ -143,9 +148,9 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None and getattr(rank_zero_only, "rank", 0) == 0:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        if logger_run(self) is None and getattr(rank_zero_only, "rank", 0) == 0:
+            logger_filesystem(self).makedirs(self.root_dir, exist_ok=True)
+            set_logger_run(self, AppendingExperimentWriter(log_dir=self.log_dir))
         return super().experiment
 
 
@@ -239,9 +244,9 @@ class WandbLogger(LightningWandbLogger):
 
     @property
     def experiment(self) -> Any:
-        created = self._experiment is None
+        created = logger_run(self) is None
         run = super().experiment
-        if created and self._experiment is not None:
+        if created and logger_run(self) is not None:
             run.define_metric("iteration")
             run.define_metric("*", step_metric="iteration", step_sync=True)
             remember_run_id(self._run_dir, "wandb", run.id)
@@ -252,15 +257,16 @@ class WandbLogger(LightningWandbLogger):
         if step is None:
             super().log_metrics(metrics)
         else:
-            prefixed = add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+            prefixed = add_prefix(metrics, logger_prefix(self), self.LOGGER_JOIN_CHAR)
             self.experiment.log({**prefixed, "iteration": step})
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
-        if self._experiment is not None:
-            self._experiment.finish(exit_code=0 if status == "success" else 1)
-            self._experiment = None
+        run = logger_run(self)
+        if run is not None:
+            run.finish(exit_code=0 if status == "success" else 1)
+            set_logger_run(self, None)
 
 
 class MLFlowLogger(LightningMLFlowLogger):
@@ -282,13 +288,13 @@ class MLFlowLogger(LightningMLFlowLogger):
 
     @property
     def experiment(self) -> Any:
-        created = not self._initialized
+        created = mlflow_run_id(self) is None
         client = super().experiment
-        if created and self._initialized:
-            assert self._run_id is not None
-            remember_run_id(self._run_dir, "mlflow", self._run_id)
+        run_id = mlflow_run_id(self)
+        if created and run_id is not None:
+            remember_run_id(self._run_dir, "mlflow", run_id)
             if self._resumed_run is not None:
-                client.update_run(self._run_id, status="RUNNING")
+                client.update_run(run_id, status="RUNNING")
         return client
 
     @rank_zero_only

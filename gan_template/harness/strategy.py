@@ -7,6 +7,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed.constants import default_pg_timeout
 
 from gan_template.harness.distributed import elastic_store
+from gan_template.harness.lightning_internals import ddp_settings
 
 
 class RestartableDDPStrategy(DDPStrategy):
@@ -17,13 +18,14 @@ class RestartableDDPStrategy(DDPStrategy):
     """
 
     def setup_distributed(self) -> None:
-        timeout = self._timeout or default_pg_timeout
+        timeout, backend = ddp_settings(self)
+        timeout = timeout or default_pg_timeout
         store = None if dist.is_initialized() else elastic_store(timeout)
         if store is not None:
             self.set_world_ranks()
             device_id = self.root_device if self.root_device.type != "cpu" else None
             dist.init_process_group(
-                self._get_process_group_backend(),
+                backend,
                 store=store,
                 rank=self.global_rank,
                 world_size=self.world_size,
