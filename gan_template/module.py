@@ -194,6 +194,13 @@ class GANModule(L.LightningModule):
             prefix = {"discriminator": "d", "generator": "g"}.get(update, update)
             by_update[update].append((f"{prefix}_reg/{name}", regularizer))
         self.regularizers_of = {name: tuple(regs) for name, regs in by_update.items()}
+        # A lazy regulariser's value is in the outputs of the iterations that carry it only;
+        # a train/* row shows the last one (at interval 16 and a row every 50 iterations,
+        # the iteration a row is written never carries it).
+        self._lazy_names = tuple(
+            key for regs in self.regularizers_of.values() for key, r in regs if r.interval > 1
+        )
+        self._last_lazy: dict[str, Tensor] = {}
         self.schedule = StepSchedule(n_critic)
         self.augment = augment
         # Adaptive augmentation (augment.AdaptiveAugment) tunes itself from D(real).
@@ -592,8 +599,14 @@ class GANModule(L.LightningModule):
                 self.epoch_means.update(
                     metrics if every or not logs else self._per_iteration(metrics)
                 )
+            if self._lazy_names:
+                self._last_lazy.update(
+                    (name, value)
+                    for name, value in metrics.items()
+                    if name.startswith(self._lazy_names)
+                )
             if logs:
-                self._log_iteration(metrics)
+                self._log_iteration({**self._last_lazy, **metrics})
         self.skip_rule.stop_if_limit_reached(self.iteration)
         if self.stop_reason is not None or (
             self.max_iterations is not None and self.iteration >= self.max_iterations

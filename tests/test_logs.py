@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run, without_evaluation
+from helpers import StepRecorder, run, without_evaluation
 from PIL import Image
 
 from gan_template.harness.loggers import EpochMeans
@@ -109,6 +109,29 @@ def test_diagnostics_on_log_steps_only_log_the_same_rows(make_config, tmp_path: 
     assert len(means) == 3 and all(m.items() <= f.items() for m, f in zip(means, full, strict=True))
     names = {name.removeprefix("epoch/") for row in means for name in row}
     assert names == {"d_loss", "g_loss", "d_penalty"} and not names & GANModule.DIAGNOSTICS
+
+
+def test_every_train_row_shows_the_last_value_of_a_lazy_regulariser(
+    make_config, tmp_path: Path
+) -> None:
+    """R1 every 4th D update, a row every 3rd iteration: the rows at 3, 6 and 9 fall between
+    the updates that carry it (0, 4, 8), yet each shows the last value computed."""
+    cfg = make_config(
+        "experiment=ring",
+        "data.num_samples=512",
+        "train.iterations=9",
+        "trainer.log_every_n_steps=3",
+        "penalty=r1",
+        "penalty.interval=4",
+        run_dir=tmp_path / "run",
+    )
+    recorder = StepRecorder()
+    run(without_evaluation(cfg), recorder)
+    carried = [out["d_penalty"].item() for out in recorder.outputs if "d_penalty" in out]
+    assert len(carried) == 3  # iterations 0, 4, 8
+    rows = {int(r["step"]): r for r in read_rows(tmp_path / "run") if r.get("train/d_loss")}
+    shown = [float(rows[step]["train/d_penalty"]) for step in (3, 6, 9)]
+    assert shown == pytest.approx([carried[0], carried[1], carried[2]])
 
 
 def test_the_curves_picture_draws_each_logged_metric_and_leaves_out_the_others(
