@@ -1,23 +1,24 @@
-"""GANModule: one GAN iteration per ``training_step``, with Lightning's manual optimization.
+"""GANModule: the GAN's algorithm, one iteration per ``training_step``.
 
-An iteration (see ``schedule.py``)::
+An iteration (Goodfellow et al., 2014, Algorithm 1, with the updates of today's GANs)::
 
     for each of n_critic real batches:            discriminator phase
         fake = G(z)              (the last one keeps its graph for the G phase)
-        loss_D = D-loss(D(real), D(fake.detach())) [+ lazy penalty]
-        flag it (non-finite? predicate?), backward
-        all-reduce grads + flags -> skip on every rank alike, or clip and step D
-    loss_G = G-loss(D(fake))                         generator phase
-    flag, backward, all-reduce grads + flags -> skip, or clip and step G
-    count the iteration (or the skip), update the EMA, step LR schedulers
+        loss_D = D-loss(D(real), D(fake.detach())) [+ lazy regularisers]
+        one guarded update of D
+    loss_G = G-loss(D(fake)) [+ lazy regularisers]   generator phase
+    one guarded update of G
+    count the iteration (or the skip), update the EMA
 
+The guarded update, the skip agreement across ranks, the counting, logging,
+stop signals and checkpoint state are the harness's
+(``harness/guarded_module.py``): this file is the algorithm and its parts.
 ``training_step`` returns a dict of detached scalars, or ``None`` when the
 iteration was skipped: the losses on every iteration; the discriminator's
 statistics and the gradient norms, which only feed the logs, on the
-iterations that write a ``train/*`` row (``diagnostics``). ``on_train_batch_end`` reads what the step left: it
-logs, keeps epoch aggregates, stops after ``skip.max_consecutive`` skips in a
-row or at ``max_iterations``. Nothing from the step outlives it: the outputs
-are detached scalars and no tensor of the step is kept on the module.
+iterations that write a ``train/*`` row (``diagnostics``). Nothing from the
+step outlives it: the outputs are detached scalars and no tensor of the step
+is kept on the module.
 """
 
 from __future__ import annotations
@@ -25,26 +26,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from gan_template import models
 from gan_template.ema import GeneratorEMA
-from gan_template.harness.errors import ConfigError
-from gan_template.harness.lightning_internals import disable_sigterm_broadcast, precision_scaler
-from gan_template.harness.loggers import EpochMeans, as_numbers, log_at_iteration
-from gan_template.harness.resume import gather_rng_states, restore_rng_state
+from gan_template.harness.guarded_module import GuardedModule, OptimizerFactory, SchedulerFactory
 from gan_template.harness.skip import SkipRule
-from gan_template.harness.stopping import StopSignal
-from gan_template.harness.update import Updates
 from gan_template.losses import (
     AdversarialLoss,
     NonSaturating,
@@ -53,7 +46,7 @@ from gan_template.losses import (
     split_terms,
 )
 from gan_template.penalties import DiscriminatorPass, GeneratorPass, Penalty, Regularizer
-from gan_template.schedule import ScheduledHyperparameters, StepSchedule
+from gan_template.schedule import StepSchedule
 
 
 @contextmanager
@@ -78,12 +71,10 @@ def frozen(net: nn.Module | Iterable[nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
-SchedulerFactory = Callable[[Optimizer], LRScheduler]
 EMAFactory = Callable[[nn.Module], GeneratorEMA]
 
 
-class GANModule(L.LightningModule):
+class GANModule(GuardedModule):
     """A GAN trained with alternating discriminator and generator updates.
 
     ``python -m gan_template`` builds it from the config's ``module:`` node
@@ -112,7 +103,7 @@ class GANModule(L.LightningModule):
             ``d_reg/<name>`` or ``g_reg/<name>``.
         augment: applied to real and generated images before every discriminator
             call (``augment.py``: DiffAugment); None: no augmentation.
-        skip: what flags an update and skips its iteration (``skip.py``).
+        skip: what flags an update and skips its iteration (``harness/skip.py``).
         ema: ``generator -> GeneratorEMA`` (``ema.py``); None disables the EMA.
         n_critic: discriminator updates per generator update (``schedule.py``).
         gradient_clip_norm: clip each update's gradient norm (unscaled units) to this; None: off.
@@ -137,6 +128,17 @@ class GANModule(L.LightningModule):
     generator: nn.Module
     discriminator: nn.Module
 
+    #: A GAN's two updates, each training its own network (``module.trains`` may say otherwise).
+    TRAINS: Mapping[str, Sequence[str]] = {
+        "generator": ("generator",),
+        "discriminator": ("discriminator",),
+    }
+    #: What ``diagnostics="log_steps"`` measures on log steps only.
+    DIAGNOSTICS = frozenset(
+        {"d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake", "d_grad_norm", "g_grad_norm"}
+    )
+    PROGRESS = ("d_loss", "g_loss")
+
     def __init__(
         self,
         networks: Mapping[str, nn.Module],
@@ -156,15 +158,22 @@ class GANModule(L.LightningModule):
         channels_last: bool = False,
         diagnostics: Literal["log_steps", "every_iteration"] = "log_steps",
     ) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-
-        # Each network is a submodule under its own name: ``self.generator``, and
-        # ``generator.*`` in the state dict.
-        self.networks = dict(networks)
-        for name, network in self.networks.items():
-            self.add_module(name, network)
-        self.trains = self._check_updates(trains or self.TRAINS, optimizers, schedulers or {})
+        super().__init__(
+            networks,
+            optimizers,
+            schedulers,
+            trains,
+            skip=skip,
+            gradient_clip_norm=gradient_clip_norm,
+            max_iterations=max_iterations,
+            channels_last=channels_last,
+            diagnostics=diagnostics,
+        )
+        for name in ("generator", "discriminator"):
+            if name not in self.networks:
+                raise ValueError(
+                    f"networks: {type(self).__name__} needs a network named {name!r} (model.{name})"
+                )
         generator = self.generator
         self.latent_dim = models.latent_dim(generator)
         self.num_classes = models.num_classes(generator)
@@ -197,19 +206,17 @@ class GANModule(L.LightningModule):
         # A lazy regulariser's value is in the outputs of the iterations that carry it only;
         # a train/* row shows the last one (at interval 16 and a row every 50 iterations,
         # the iteration a row is written never carries it).
-        self._lazy_names = tuple(
+        self.lazy_outputs = tuple(
             key for regs in self.regularizers_of.values() for key, r in regs if r.interval > 1
         )
-        self._last_lazy: dict[str, Tensor] = {}
         self.schedule = StepSchedule(n_critic)
         self.augment = augment
         # Adaptive augmentation (augment.AdaptiveAugment) tunes itself from D(real).
         self._augment_observes = callable(getattr(augment, "observe", None))
-        self.updates = Updates(skip or SkipRule(max_consecutive=20), gradient_clip_norm)
         self._predicate_reads_statistics = self.updates.rule.predicate is not None
+        self.compile_networks = compile_networks
 
         # Numbers that change over the run: set at the start of every iteration.
-        self.hyperparameter_schedules = schedules = ScheduledHyperparameters()
         parts: dict[str, object] = {
             "loss": loss,
             "penalty": penalty,
@@ -218,43 +225,12 @@ class GANModule(L.LightningModule):
         }
         parts |= {f"regularizers.{name}": r for name, r in self.regularizers.items()}
         for name, part in parts.items():
-            schedules.bind(name, part)
-        self.make_optimizer = {
-            name: schedules.optimizer_factory(name, optimizers[name], (schedulers or {}).get(name))
-            for name in self.trains
-        }
-        self.make_scheduler = {name: (schedulers or {}).get(name) for name in self.trains}
-        self.configured_learning_rates = {
-            name: getattr(optimizers[name], "keywords", {}).get("lr") for name in self.trains
-        }
-        if max_iterations is not None and max_iterations < 1:
-            raise ValueError(f"max_iterations={max_iterations}: must be >= 1 (or None)")
-        self.max_iterations = max_iterations
-        self.compile_networks = compile_networks
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if diagnostics not in ("log_steps", "every_iteration"):
-            raise ValueError(
-                f"diagnostics={diagnostics!r}: must be 'log_steps' or 'every_iteration'"
-            )
-        self.diagnostics_every_iteration = diagnostics == "every_iteration"
+            self.hyperparameter_schedules.bind(name, part)
 
-        # Run state, saved in checkpoints (on_save_checkpoint).
-        self.iteration = 0  # generator updates so far: the run's unit of time
-        self.discriminator_updates = 0  # drives the lazy penalty schedule
-
-        # A SIGTERM is noted, then agreed on by every rank, then stops the run (stopping.py).
-        self.stop_signal = StopSignal()
-        #: Set when every rank agreed to stop early (the signal's name): the run saves and ends.
-        self.stop_reason: str | None = None
-
-        # Epoch aggregates as running means, never as a list of step outputs.
-        self.epoch_means = EpochMeans()
+        # Run state, saved in checkpoints (run_state).
+        self.discriminator_updates = 0  # drives the lazy regularisers of D
         # Listed once per fit (on_train_start), not walked on every generator update.
         self._discriminator_parameters: list[nn.Parameter] = []
-        self._optimizer: dict[str, LightningOptimizer] = {}  # by update, set by on_train_start
-        # The last logged losses, as numbers, for the progress bar.
-        self.progress_metrics: dict[str, float] = {}
-        self._keeps_epoch_means = True  # set by on_train_start: False without loggers
 
     # ---- the algorithm ---------------------------------------------------------------------
 
@@ -276,69 +252,10 @@ class GANModule(L.LightningModule):
         metrics |= self.generator_step(fake, labels_last, real_last, diagnose)
         return self.end_iteration(metrics)
 
-    # ---- what every algorithm's training_step calls: begin, update, end ----------------------
-
-    def begin_iteration(self) -> bool:
-        """Start an iteration; returns whether its updates measure the logs' diagnostics.
-
-        Scheduled hyperparameters follow the iteration (after a resume too,
-        whatever the checkpoint's param groups hold); the running buffers are
-        saved, to be restored if the iteration is skipped.
-        """
-        self.hyperparameter_schedules.apply(self.iteration)
-        self.updates.begin_iteration(self.iteration)
-        # The logs read the last update's diagnostics, on the iterations that log.
-        return self.diagnostics_every_iteration or self._logs_at(self.iteration + 1)
-
-    def update(
-        self, name: str, loss: Tensor, metrics: Mapping[str, Tensor], measure_norm: bool = True
-    ) -> Tensor | None:
-        """One guarded update of the optimizer of update ``name`` (``optim.<name>``).
-
-        Flags the loss (non-finite? the skip predicate, which reads ``metrics``),
-        backward, averages the gradients over ranks with the flags riding along,
-        clips, and steps unless this iteration is flagged on any rank
-        (``update.py``). Returns the gradient norm when ``measure_norm`` asks
-        for it (or clipping measured it), else None. Every update of an
-        algorithm goes through here: the skip agreement, DDP and the host-sync
-        budget then hold for it.
-        """
-        return self.updates.apply(self._optimizer[name], loss, metrics, measure_norm)
-
-    def end_iteration(self, metrics: dict[str, Tensor]) -> dict[str, Tensor] | None:
-        """End the iteration: ``metrics``, or None if any rank flagged an update (a skip).
-
-        Reads the flags on the host (the iteration's one sync), agrees on a stop
-        signal, and on success counts the iteration, updates the EMA and steps
-        the LR schedulers.
-        """
-        skipped = self.updates.end_iteration() is not None  # the iteration's one host sync
-        if self.updates.stop_agreed:  # a rank got a stop signal: all stop after this iteration
-            self.stop_reason = self.stop_signal.agreed(self.updates.stop_notes)
-        if skipped:
-            return None
-        self._advance()
-        return metrics
-
     def due_regularizers(self, update: str, count: int) -> tuple[tuple[str, Regularizer], ...]:
         """The regularisers of ``update`` due on its ``count``-th (0-based) update: lazy ones
         on every ``interval``-th, as ``(the name it is logged under, regulariser)``."""
         return tuple((key, r) for key, r in self.regularizers_of[update] if count % r.interval == 0)
-
-    def _advance(self) -> None:
-        """Count the completed iteration; update the EMA and the LR schedules.
-
-        This happens in ``training_step``, not in ``on_train_batch_end``:
-        Lightning calls the callbacks' ``on_train_batch_end`` (checkpointing
-        among them) *before* the module's, so anything a checkpoint must contain
-        has to be final when ``training_step`` returns.
-        """
-        self.iteration += 1
-        self.discriminator_updates += self.schedule.n_critic
-        if self.generator_ema is not None:
-            self.generator_ema.update(self.generator, self.iteration)
-        for scheduler in self._lr_schedulers():
-            scheduler.step()
 
     def discriminator_step(
         self,
@@ -417,6 +334,11 @@ class GANModule(L.LightningModule):
                 metrics["g_grad_norm"] = norm
         return {name: value.detach() for name, value in metrics.items()}
 
+    def iteration_completed(self) -> None:
+        self.discriminator_updates += self.schedule.n_critic
+        if self.generator_ema is not None:
+            self.generator_ema.update(self.generator, self.iteration)
+
     # ---- helpers the algorithm reads through -------------------------------------------------
 
     @property
@@ -475,21 +397,10 @@ class GANModule(L.LightningModule):
     def _generate(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.generator(z) if labels is None else self.generator(z, labels)
 
-    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        # Lightning calls this inside optimizer.step(), after unscaling 16-mixed gradients.
-        self.updates.before_step(optimizer)
-
-    def _lr_schedulers(self) -> list[Any]:
-        schedulers = self.lr_schedulers()
-        if schedulers is None:
-            return []
-        return schedulers if isinstance(schedulers, list) else [schedulers]
-
     # ---- bookkeeping ---------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        if self.memory_format is torch.channels_last:
-            self.to(memory_format=torch.channels_last)  # 4-d parameters only; moves keep it
+        super().configure_model()
         if not self.compile_networks or getattr(self, "_compiled", False):
             return
         self._compiled = True
@@ -511,244 +422,21 @@ class GANModule(L.LightningModule):
             )
 
     def on_train_start(self) -> None:
-        trainer = self.trainer
-        self.stop_signal.rank = trainer.global_rank
-        if self.stop_signal.install():  # replaces Lightning's handler (stopping.py says why)
-            disable_sigterm_broadcast(trainer)
         self._discriminator_parameters = list(self.discriminator.parameters())
-        # Epoch means that no logger would write are not kept.
-        self._keeps_epoch_means = bool(trainer.loggers)
-        self._optimizer = dict(
-            zip(self.trains, cast(list[LightningOptimizer], self.optimizers()), strict=True)
-        )
-        self.updates.prepare(
-            optimizers=[opt.optimizer for opt in self._optimizer.values()],
-            buffers=self._running_state(),
-            backward=self.manual_backward,
-            wrapped_model=trainer.model,
-            world_size=trainer.world_size,
-            rank=trainer.global_rank,
-            scaler=precision_scaler(trainer),
-            stop_note=self.stop_signal.note,
-        )
-        if trainer.ckpt_path is not None:
-            self._apply_configured_learning_rates()
-        elif trainer.world_size > 1:
-            draw_noise_per_rank(trainer.global_rank)
-        if self.max_iterations is not None and self.iteration >= self.max_iterations:
-            trainer.should_stop = True
+        super().on_train_start()
 
-    def _running_state(self) -> list[Tensor]:
-        """The buffers a skipped iteration must leave as they were (saved before every iteration).
+    def running_state_parts(self) -> list[nn.Module]:
+        parts = (self.penalty, self.augment, self.adversarial_loss, self.regularizer_state)
+        return [part for part in parts if isinstance(part, nn.Module)]
 
-        BatchNorm statistics, and the state of stateful parts (LeCam's averages,
-        ADA's p); not constants such as R3GAN's resampling filters, which are
-        non-persistent buffers (they are in no state dict).
-        """
-        parts: list[nn.Module] = list(self.networks.values())
-        parts += [
-            part
-            for part in (self.penalty, self.augment, self.adversarial_loss, self.regularizer_state)
-            if isinstance(part, nn.Module)
-        ]
-        return [
-            tensor
-            for part in parts
-            for tensor in part.state_dict(keep_vars=True).values()
-            if not isinstance(tensor, nn.Parameter) and torch.is_tensor(tensor)
-        ]
-
-    def _apply_configured_learning_rates(self) -> None:
-        """After a resume, use the configured learning rates, not the checkpoint's.
-
-        Lightning restores each optimizer's param groups, ``lr`` included, so a
-        changed ``optim.*.lr`` would otherwise be silently ignored. A scheduled
-        rate keeps its progress: it is rescaled by new / old base rate.
-        """
-        schedulers = self._lr_schedulers()
-        for name, lightning_optimizer in self._optimizer.items():
-            optimizer = lightning_optimizer.optimizer
-            lr = self.configured_learning_rates[name]
-            if lr is None or self.hyperparameter_schedules.schedules_learning_rate(name):
-                continue
-            for group in optimizer.param_groups:
-                old = group.get("initial_lr", group["lr"])
-                if old == lr:
-                    continue
-                group["lr"] *= lr / old
-                if "initial_lr" in group:
-                    group["initial_lr"] = lr
-                rank_zero_info(
-                    f"resume: optim.{name}.lr={lr} replaces the checkpoint's {old} "
-                    f"(the optimizer's rate is now {group['lr']:g})"
-                )
-            for scheduler in schedulers:
-                if scheduler.optimizer is optimizer:
-                    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
-
-    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
-        skipped = self.updates.last_reason is not None
-        # Lightning turns a None return into {} in manual optimization.
-        assert skipped == (not outputs), "training_step returns None exactly when it skips"
-        if not skipped:
-            metrics = cast(Mapping[str, Tensor], outputs)
-            logs = self._logs_at(self.iteration)
-            if self._keeps_epoch_means:
-                # Epoch means cover every iteration: not the diagnostics of log steps alone.
-                every = self.diagnostics_every_iteration
-                self.epoch_means.update(
-                    metrics if every or not logs else self._per_iteration(metrics)
-                )
-            if self._lazy_names:
-                self._last_lazy.update(
-                    (name, value)
-                    for name, value in metrics.items()
-                    if name.startswith(self._lazy_names)
-                )
-            if logs:
-                self._log_iteration({**self._last_lazy, **metrics})
-        self.skip_rule.stop_if_limit_reached(self.iteration)
-        if self.stop_reason is not None or (
-            self.max_iterations is not None and self.iteration >= self.max_iterations
-        ):
-            self.trainer.should_stop = True
-
-    def on_train_end(self) -> None:
-        self.stop_signal.uninstall()
-
-    def on_train_epoch_end(self) -> None:
-        # Every rank calls this (the means are averaged over ranks).
-        means = self.epoch_means.compute(partial(self.trainer.strategy.reduce, reduce_op="mean"))
-        if means:
-            numbers = as_numbers({f"epoch/{name}": value for name, value in means.items()})
-            log_at_iteration(self.loggers, numbers, self.iteration)
-        self.epoch_means.reset()
-
-    def _logs_at(self, iteration: int) -> bool:
-        """Whether the iteration that ends with ``iteration`` done writes a ``train/*`` row."""
-        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning
-        return every > 0 and (iteration % every == 0 or iteration == self.max_iterations)
-
-    #: What ``diagnostics="log_steps"`` measures on log steps only.
-    DIAGNOSTICS = frozenset(
-        {"d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake", "d_grad_norm", "g_grad_norm"}
-    )
-
-    def _per_iteration(self, metrics: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return {name: value for name, value in metrics.items() if name not in self.DIAGNOSTICS}
-
-    def _log_iteration(self, outputs: Mapping[str, Tensor]) -> None:
-        """Write one row of ``train/*`` metrics at ``step = iteration``.
-
-        The values become numbers here, in one host read for all of them, and
-        only every ``log_every_n_steps`` iterations. Not through ``self.log``:
-        Lightning converts every value ever logged with ``prog_bar=True`` to a
-        number again at the end of *every* batch (a host sync each), and it
-        re-writes stale on-step values after a skipped iteration. The progress
-        bar reads ``progress_metrics`` instead.
-        """
-        metrics = as_numbers({f"train/{name}": value for name, value in outputs.items()})
-        metrics["train/skipped"] = self.skip_rule.total
-        for reason, count in self.skip_rule.counts.items():
-            metrics[f"train/skipped_{reason}"] = count
-        for name, value in self.hyperparameter_schedules.values.items():
-            metrics[f"train/hp/{name}"] = value
-        log_at_iteration(self.loggers, metrics, self.iteration)
-        self.progress_metrics = {name: metrics[f"train/{name}"] for name in ("d_loss", "g_loss")}
-
-    # ---- optimizers and checkpoints --------------------------------------------------------------
-
-    def configure_optimizers(self) -> Any:
-        """One optimizer per update, over the parameters of the networks it trains (``trains``)."""
-        optimizers, schedulers = [], []
-        for name, networks in self.trains.items():
-            parameters = [p for network in networks for p in self.networks[network].parameters()]
-            optimizer = self.make_optimizer[name](parameters)
-            self.hyperparameter_schedules.bind_optimizer(name, optimizer)
-            optimizers.append(optimizer)
-            factory = self.make_scheduler[name]
-            if factory is None:
-                continue
-            schedulers.append(factory(optimizer))
-            if isinstance(schedulers[-1], ReduceLROnPlateau):
-                raise ConfigError(
-                    f"optim.{name}_scheduler: ReduceLROnPlateau steps on a monitored metric, and "
-                    "LR schedulers here step once per iteration with none (a GAN's losses do not "
-                    "fall as a model improves). Use a schedule of the iteration: "
-                    "torch.optim.lr_scheduler.StepLR/CosineAnnealingLR, or optim.<net>.lr as a "
-                    "gan_template.schedule"
-                )
-        return optimizers, schedulers
-
-    #: The updates of a GAN and the networks each trains, unless ``trains`` says otherwise.
-    TRAINS: Mapping[str, Sequence[str]] = {
-        "generator": ("generator",),
-        "discriminator": ("discriminator",),
-    }
-
-    def _check_updates(
-        self,
-        trains: Mapping[str, Sequence[str]],
-        optimizers: Mapping[str, Any],
-        schedulers: Mapping[str, Any],
-    ) -> dict[str, tuple[str, ...]]:
-        """``trains`` as tuples, after checking that every name in it and around it exists."""
-        checked = {str(name): tuple(map(str, networks)) for name, networks in trains.items()}
-        for name in ("generator", "discriminator"):
-            if name not in self.networks:
-                raise ValueError(
-                    f"networks: {type(self).__name__} needs a network named {name!r} (model.{name})"
-                )
-        for name, networks in checked.items():
-            unknown = [n for n in networks if n not in self.networks]
-            if unknown:
-                raise ValueError(
-                    f"trains.{name}={list(networks)}: no network named {unknown} (networks: "
-                    f"{sorted(self.networks)}); add it under model.<name> or drop it"
-                )
-            if optimizers.get(name) is None:
-                raise ValueError(
-                    f"trains.{name}: the update {name!r} has no optimizer; set optim.{name}"
-                )
-        unused = sorted(set(optimizers) - set(checked)) + sorted(
-            name for name, factory in schedulers.items() if factory and name not in checked
-        )
-        if unused:
-            raise ValueError(
-                f"optimizers/schedulers {unused}: no update of that name (updates: {sorted(checked)})"
-            )
-        trained = {n for networks in checked.values() for n in networks}
-        for name, network in self.networks.items():
-            if name not in trained:  # a pretrained decoder, an encoder used frozen
-                network.requires_grad_(False)
-        return checked
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["gan_template"] = {
-            "iteration": self.iteration,
+    def run_state(self) -> dict[str, Any]:
+        return {
             "discriminator_updates": self.discriminator_updates,
-            "skip": self.skip_rule.state_dict(),
             "num_classes": self.num_classes,
-            "rng": gather_rng_states(),  # every rank's, for an exact resume (resume.py)
         }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["gan_template"]
-        self.iteration = state["iteration"]
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
         self.discriminator_updates = state["discriminator_updates"]
-        self.skip_rule.load_state_dict(state.get("skip") or state["guard"])  # guard: older files
-        rng = state.get("rng")
-        if rng:
-            if len(rng) != self.trainer.world_size:
-                rank_zero_warn(
-                    f"the checkpoint holds RNG states of {len(rng)} rank(s) but this run has "
-                    f"{self.trainer.world_size}: the random stream will not continue exactly"
-                )
-            restore_rng_state(rng[self.global_rank % len(rng)])
-
-    @property
-    def skip_rule(self) -> SkipRule:
-        return self.updates.rule
 
     @property
     def sampling_generator(self) -> nn.Module:
@@ -760,18 +448,6 @@ class GANModule(L.LightningModule):
         if self.generator_ema is None:
             return self.generator
         return self.generator_ema.for_sampling()
-
-
-def draw_noise_per_rank(rank: int) -> None:
-    """Give each rank its own torch random stream (a fresh run; a resume restores each rank's).
-
-    Every process seeds the same (``seed_everything(cfg.seed)``), so without this
-    every rank would draw the same latents: the fake half of each update would be
-    one batch repeated on all ranks. (StyleGAN2-ADA seeds ``seed * ranks + rank``.)
-    Weights stay identical: DDP broadcasts rank 0's at start.
-    """
-    base = int(torch.randint(2**62, ()))  # the same on every rank: drawn from the shared seed
-    torch.manual_seed(base + rank)
 
 
 def reported(metrics: dict[str, Tensor], name: str, result: Reported) -> Tensor:

@@ -1,6 +1,8 @@
 """The machinery that makes any algorithm safe to train: you should not need to open it.
 
-Building and fitting a run (``train``), the config's schema and checks
+The LightningModule under every algorithm (``guarded_module``: networks and
+updates by name, the begin / update / end calls of a ``training_step``, the
+run's bookkeeping), building and fitting a run (``train``), the config's schema and checks
 (``config``, ``schema``, ``contracts``), the guarded optimizer update
 (``update``) and the skip rule's agreement across ranks (``skip``,
 ``distributed``, ``strategy``), stop signals (``stopping``), checkpoints
