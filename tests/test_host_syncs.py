@@ -77,8 +77,25 @@ def syncs_of_quiet_iterations(make_config, *overrides: str) -> list[int]:
         ["experiment=ring", "skip.inject_nonfinite_at=[3,7]"],  # skipped iterations too
         ["experiment=dcgan", "data.resolution=8"],  # BatchNorm buffers
         ["experiment=wgan_gp", "data.resolution=8", "optim.gradient_clip_norm=1.0"],
+        # Regularisers of both updates, lazy, with running state and terms of their own.
+        [
+            "experiment=ring",
+            "penalty=r1_r2",
+            "penalty.interval=3",
+            "regularizers=[path_length,lecam]",
+            "regularizers.path_length.interval=2",
+        ],
     ],
-    ids=["ring", "n_critic5", "predicate", "n_critic5+predicate", "skips", "dcgan", "wgan_gp+clip"],
+    ids=[
+        "ring",
+        "n_critic5",
+        "predicate",
+        "n_critic5+predicate",
+        "skips",
+        "dcgan",
+        "wgan_gp+clip",
+        "regularizers",
+    ],
 )
 def test_an_iteration_that_writes_no_logs_reads_the_device_at_most_once(
     make_config, overrides: list[str]
