@@ -14,7 +14,12 @@ its resolution and channels, the extractor and its weights; changed data or
 weights make a new entry. The JSON written records the protocol: the
 extractor and its weights' hash, N, the seed and the reference set.
 
-Not yet: sharding the samples over the ranks of a DDP job (one process does all).
+Under ``torchrun --nproc_per_node K -m gan_template.evaluate CKPT --samples N`` the
+samples are sharded over the K processes: batch ``b`` of the N samples is drawn
+from its own seed ``(seed, b)`` and embedded by rank ``b mod K``, rank 0
+gathers the features in batch order, so K processes give the single process's
+figures (tested) in about 1/K of its time. Rank 0 computes the reference
+features (and the offline classifier) first; the other ranks read its cache.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from gan_template import models
@@ -58,9 +64,12 @@ def feature_metrics(real: Tensor, fake: Tensor, kid_subset_size: int = 1000) -> 
     from gan_template.metrics.prdc import precision_recall_density_coverage
 
     features = PassThrough(real.shape[1])
-    fid = FrechetInceptionDistance(feature=features)
+    # Every feature is here already (gathered by rank 0 under torchrun): no sync of their own.
+    fid = FrechetInceptionDistance(feature=features, sync_on_compute=False)
     kid = KernelInceptionDistance(
-        feature=features, subset_size=min(kid_subset_size, len(real), len(fake))
+        feature=features,
+        subset_size=min(kid_subset_size, len(real), len(fake)),
+        sync_on_compute=False,
     )
     for chunk, is_real in [*((c, True) for c in real.split(BATCH_SIZE)), *((c, False) for c in fake.split(BATCH_SIZE))]:  # fmt: skip
         fid.update(chunk, real=is_real)
@@ -84,18 +93,56 @@ def embed(extractor: nn.Module, images: Tensor, device: str) -> Tensor:
 
 @torch.no_grad()
 def generated_features(
-    generator: nn.Module, extractor: nn.Module, n: int, seed: int, device: str
-) -> Tensor:
-    """Features of ``n`` samples, generated and embedded a batch at a time (no n images held)."""
-    rng = torch.Generator().manual_seed(seed)
+    generator: nn.Module,
+    extractor: nn.Module,
+    n: int,
+    seed: int,
+    device: str,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[int, Tensor]:
+    """Features of this rank's batches of the ``n`` samples, by batch index (no n images held).
+
+    Batch ``b`` draws its noise from a generator seeded by ``(seed, b)``, so a
+    batch's samples do not depend on which rank makes it.
+    """
     classes = models.num_classes(generator)
-    chunks = []
-    for start in range(0, n, BATCH_SIZE):
+    features = {}
+    for index, start in enumerate(range(0, n, BATCH_SIZE)):
+        if index % world_size != rank:
+            continue
         count = min(BATCH_SIZE, n - start)
+        rng = torch.Generator().manual_seed(seed * 1_000_003 + index)
         noise = torch.randn(count, models.latent_dim(generator), generator=rng)
         labels = (torch.arange(start, start + count) % classes) if classes else None
-        chunks.append(embed(extractor, models.generate(generator, noise, labels), device))
-    return torch.cat(chunks)
+        features[index] = embed(extractor, models.generate(generator, noise, labels), device)
+    return features
+
+
+def gathered(features: dict[int, Tensor], world_size: int) -> Tensor:
+    """Every rank's batches of features, in batch order (on every rank)."""
+    parts: list[dict[int, Tensor]] = [features]
+    if world_size > 1:
+        parts = [{} for _ in range(world_size)]
+        dist.all_gather_object(parts, features)
+    merged = {index: chunk for part in parts for index, chunk in part.items()}
+    return torch.cat([merged[index] for index in sorted(merged)])
+
+
+def join_ranks(device: str) -> tuple[int, int, str]:
+    """``(rank, world size, device)``: a process group when started by torchrun (WORLD_SIZE > 1)."""
+    import os
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), world_size, device
 
 
 def reference_features(
@@ -132,6 +179,16 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def check_extractor(args: argparse.Namespace, datamodule: Any) -> None:
+    """Refuse an extractor the data cannot have (on every rank, before any waits for another)."""
+    if args.feature_extractor == "classifier" and datamodule.num_classes < 2:
+        raise UserInputError(
+            f"--feature-extractor classifier needs labelled images of at least 2 classes, and "
+            f"data.name={datamodule.name} has {datamodule.num_classes}; use --feature-extractor "
+            "inception (--inception-weights FILE works offline)"
+        )
+
+
 def feature_extractor(
     args: argparse.Namespace, datamodule: Any, cache_dir: Path
 ) -> tuple[nn.Module, dict[str, str]]:
@@ -146,12 +203,7 @@ def feature_extractor(
             "weights_sha256": file_sha256(weights) if weights else "downloaded",
         }
         return InceptionFeatures(weights).eval(), identity
-    if datamodule.num_classes < 2:
-        raise UserInputError(
-            f"--feature-extractor classifier needs labelled images of at least 2 classes, and "
-            f"data.name={datamodule.name} has {datamodule.num_classes}; use --feature-extractor "
-            "inception (--inception-weights FILE works offline)"
-        )
+    check_extractor(args, datamodule)
     classifier, _ = offline_classifier(datamodule, cache_dir)
     weights_hash = hashlib.sha256(
         b"".join(t.numpy().tobytes() for t in classifier.state_dict().values())
@@ -172,7 +224,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "ckpt", help="a checkpoint of a run on images (<run dir>/checkpoints/*.ckpt)"
     )
-    parser.add_argument("--n", type=positive_int, default=50_000, help="samples (default 50,000)")
+    # --samples: under torchrun, whose own parser takes --n for the prefix of its options.
+    parser.add_argument(
+        "--n", "--samples", dest="n", type=positive_int, default=50_000,
+        help="samples (default 50,000)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples' noise")
     parser.add_argument(
         "--feature-extractor", choices=("classifier", "inception"), default="classifier"
@@ -204,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     started = time.perf_counter()
+    rank, world_size, args.device = join_ranks(args.device)
     try:
         generator, cfg = load_generator(args.ckpt, use_ema=not args.no_ema, device=args.device)
         if cfg.data.get("resolution") is None:
@@ -212,19 +269,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         datamodule = build(cfg.data, "data")
         datamodule.setup("fit")
-        extractor, extractor_id = feature_extractor(args, datamodule, args.cache_dir)
-        extractor.to(args.device)
-        real, reference = reference_features(
-            datamodule,
-            extractor,
-            json.dumps(extractor_id, sort_keys=True),
-            args.cache_dir,
-            args.device,
+        check_extractor(args, datamodule)
+        # Rank 0 first: it trains the offline classifier and embeds the reference set
+        # into the cache, which the other ranks then read.
+        for turn in (0, 1):
+            if (rank == 0) == (turn == 0):
+                extractor, extractor_id = feature_extractor(args, datamodule, args.cache_dir)
+                extractor.to(args.device)
+                real, reference = reference_features(
+                    datamodule,
+                    extractor,
+                    json.dumps(extractor_id, sort_keys=True),
+                    args.cache_dir,
+                    args.device,
+                )
+            if world_size > 1 and turn == 0:
+                dist.barrier()
+        shard = generated_features(
+            generator, extractor, args.n, args.seed, args.device, rank, world_size
         )
-        fake = generated_features(generator, extractor, args.n, args.seed, args.device)
+        fake = gathered(shard, world_size)
     except UserInputError as error:
         print(f"gan_template.evaluate: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if rank != 0:
+        dist.destroy_process_group()
+        return {}
     record = {
         "checkpoint": str(Path(args.ckpt).resolve()),
         "protocol": {
@@ -234,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "extractor": extractor_id,
             "reference": reference,
             "kid_subset_size": min(args.kid_subset_size, len(real), len(fake)),
+            "processes": world_size,
         },
         "metrics": feature_metrics(real, fake, args.kid_subset_size),
         "seconds": round(time.perf_counter() - started, 1),
@@ -242,6 +313,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_atomically(out, lambda file: file.write(json.dumps(record, indent=2).encode()))
     print(json.dumps(record["metrics"], indent=2))
     print(f"Wrote {out}")
+    if world_size > 1:
+        dist.destroy_process_group()
     return record
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +94,23 @@ def test_a_toy_checkpoint_is_refused_with_a_message(
         main([str(ckpt), "--n", "10"])
     assert exited.value.code == 2
     assert "is a run on toy data: its metrics are toy/*" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_give_the_single_process_figures(
+    digits_run: dict, tmp_path: Path
+) -> None:
+    """The samples sharded over 2 ranks (gloo), gathered in batch order: the same metrics."""
+    ckpt = Path(digits_run["run_dir"]) / "checkpoints" / "last.ckpt"
+    # --samples, not --n: torchrun's own parser would take --n for its options' prefix.
+    args = [str(ckpt), "--samples", "1100", "--kid-subset-size", "200", "--device", "cpu"]
+    single = main([*args, "--out", str(tmp_path / "single.json")])
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "gan_template.evaluate", *args, "--out", str(tmp_path / "two.json"),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["protocol"]["processes"] == 2 and single["protocol"]["processes"] == 1
+    assert two["metrics"] == single["metrics"]  # 3 batches: ranks 0, 1, 0
