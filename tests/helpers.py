@@ -27,10 +27,12 @@ def without_evaluation(cfg: DictConfig) -> DictConfig:
 
 
 def snapshot(module: L.LightningModule) -> dict[str, Any]:
-    """Deep copies of every weight and of both optimizers' states."""
+    """Deep copies of every weight and of every optimizer's state."""
+    optimizers = module.optimizers()  # a lone optimizer comes unlisted
+    optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
     return {
         "weights": {k: v.detach().clone() for k, v in module.state_dict().items()},
-        "optimizers": [copy.deepcopy(opt.optimizer.state_dict()) for opt in module.optimizers()],
+        "optimizers": [copy.deepcopy(opt.optimizer.state_dict()) for opt in optimizers],
     }
 
 

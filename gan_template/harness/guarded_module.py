@@ -224,9 +224,9 @@ class GuardedModule(L.LightningModule):
             disable_sigterm_broadcast(trainer)
         # Epoch means that no logger would write are not kept.
         self._keeps_epoch_means = bool(trainer.loggers)
-        self._optimizer = dict(
-            zip(self.trains, cast(list[LightningOptimizer], self.optimizers()), strict=True)
-        )
+        optimizers = self.optimizers()  # Lightning returns a lone optimizer unlisted
+        listed = optimizers if isinstance(optimizers, list) else [optimizers]
+        self._optimizer = dict(zip(self.trains, listed, strict=True))
         self.updates.prepare(
             optimizers=[opt.optimizer for opt in self._optimizer.values()],
             buffers=self._running_state(),
