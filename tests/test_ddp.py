@@ -96,3 +96,24 @@ def test_a_predicate_reading_d_loss_skips_on_both_ranks_when_one_asks(tmp_path: 
         assert report["skipped_batches"] == [4]  # rank 1 asked; rank 0 skipped with it
         assert report["skip_counts"] == {"d_loss_high": 1}
     assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_two_ranks_resuming_a_one_process_checkpoint_draw_their_own_latents(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint holds one random stream for two ranks: each rank still gets its own."""
+    single = tmp_path / "single"
+    command = [
+        sys.executable, "-m", "gan_template", "experiment=ring", "trainer=cpu", "train.iterations=4",
+        "trainer.enable_progress_bar=false", "callbacks=default", f"hydra.run.dir={single}",
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    checkpoint = single / "checkpoints" / "last.ckpt"
+    reports = run_ddp(
+        tmp_path / "run", "train.iterations=8", f"ckpt_path={checkpoint}", "callbacks=default"
+    )
+    assert [r["iteration"] for r in reports] == [8, 8]
+    assert reports[0]["rng_sha256"] != reports[1]["rng_sha256"]
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]

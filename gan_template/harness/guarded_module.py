@@ -135,6 +135,8 @@ class GuardedModule(L.LightningModule):
         # row shows the last one (``lazy_outputs``, set by the algorithm).
         self.lazy_outputs: tuple[str, ...] = ()
         self._last_lazy: dict[str, Tensor] = {}
+        # Whether a checkpoint gave every rank its own random stream back (on_load_checkpoint).
+        self._streams_restored = False
 
     # ---- what every algorithm's training_step calls: begin, update, end ----------------------
 
@@ -239,8 +241,8 @@ class GuardedModule(L.LightningModule):
         )
         if trainer.ckpt_path is not None:
             self._apply_configured_learning_rates()
-        elif trainer.world_size > 1:
-            draw_noise_per_rank(trainer.global_rank)
+        if trainer.world_size > 1 and not self._streams_restored:
+            draw_noise_per_rank(trainer.global_rank)  # a fresh run, or fewer saved streams
         if self.max_iterations is not None and self.iteration >= self.max_iterations:
             trainer.should_stop = True
 
@@ -441,6 +443,7 @@ class GuardedModule(L.LightningModule):
                     f"{self.trainer.world_size}: the random stream will not continue exactly"
                 )
             restore_rng_state(rng[self.global_rank % len(rng)])
+            self._streams_restored = len(rng) == self.trainer.world_size
 
     @property
     def skip_rule(self) -> SkipRule:
@@ -448,7 +451,8 @@ class GuardedModule(L.LightningModule):
 
 
 def draw_noise_per_rank(rank: int) -> None:
-    """Give each rank its own torch random stream (a fresh run; a resume restores each rank's).
+    """Give each rank its own torch random stream (a fresh run; a resume restores each rank's,
+    unless the checkpoint holds fewer streams than there are ranks).
 
     Every process seeds the same (``seed_everything(cfg.seed)``), so without this
     every rank would draw the same latents: the fake half of each update would be
