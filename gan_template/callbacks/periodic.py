@@ -35,7 +35,7 @@ class EveryNIterations(Callback):
     final evaluation, loses no training) and ``last.ckpt`` again after them,
     with the iteration of the last run: resuming a finished run, or one that
     reached a shorter ``train.iterations``, does not run (and log) the final
-    evaluation a second time (``callbacks/checkpoint.py``).
+    evaluation a second time (``harness/iteration_checkpoint.py``).
     """
 
     def __init__(self, every_n_iterations: int) -> None:

@@ -6,8 +6,9 @@ run's bookkeeping), building and fitting a run (``train``), the config's schema 
 (``config``, ``schema``, ``contracts``), the guarded optimizer update
 (``update``) and the skip rule's agreement across ranks (``skip``,
 ``distributed``, ``strategy``), stop signals (``stopping``), checkpoints
-written atomically and resumed exactly (``checkpoint_io``, ``resume``,
-``run_lock``), trackers (``loggers``), sweeps (``sweep``, ``optuna_search``),
+every N iterations, written atomically and resumed exactly
+(``iteration_checkpoint``, ``checkpoint_io``, ``resume``, ``run_lock``), the
+progress bar (``progress``), trackers (``loggers``), sweeps (``sweep``, ``optuna_search``),
 host-sync counting (``host_syncs``) and the few Lightning internals it relies
 on (``lightning_internals``, the one module that touches them). What is yours
 to change lives one level up: the algorithm (``module.py``), its losses,

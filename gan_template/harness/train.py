@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gan_template import models
-from gan_template.callbacks.checkpoint import IterationCheckpoint
 from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
 from gan_template.harness.checkpoint_io import AtomicCheckpointIO, check_readable, write_atomically
 from gan_template.harness.config import (
@@ -37,6 +36,7 @@ from gan_template.harness.contracts import check_contracts
 from gan_template.harness.distributed import end_process_group, is_lost_rank, lost_rank
 from gan_template.harness.environment import avoid_per_step_gpu_probing
 from gan_template.harness.errors import ConfigError, UserInputError, WriteError
+from gan_template.harness.iteration_checkpoint import IterationCheckpoint
 from gan_template.harness.resume import SHAPE_SECTIONS, config_changes, shape_mismatches
 from gan_template.harness.stopping import StoppedBySignal
 from gan_template.module import GANModule
