@@ -271,20 +271,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         datamodule.setup("fit")
         check_extractor(args, datamodule)
         # Rank 0 first: it trains the offline classifier and embeds the reference set
-        # into the cache, which the other ranks then read.
-        for turn in (0, 1):
-            if (rank == 0) == (turn == 0):
-                extractor, extractor_id = feature_extractor(args, datamodule, args.cache_dir)
-                extractor.to(args.device)
-                real, reference = reference_features(
-                    datamodule,
-                    extractor,
-                    json.dumps(extractor_id, sort_keys=True),
-                    args.cache_dir,
-                    args.device,
-                )
-            if world_size > 1 and turn == 0:
-                dist.barrier()
+        # into the cache, which the other ranks then read (one barrier each side).
+        if rank != 0:
+            dist.barrier()
+        extractor, extractor_id = feature_extractor(args, datamodule, args.cache_dir)
+        extractor.to(args.device)
+        real, reference = reference_features(
+            datamodule, extractor, json.dumps(extractor_id, sort_keys=True), args.cache_dir,
+            args.device,
+        )  # fmt: skip
+        if rank == 0 and world_size > 1:
+            dist.barrier()
         shard = generated_features(
             generator, extractor, args.n, args.seed, args.device, rank, world_size
         )

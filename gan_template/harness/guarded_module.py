@@ -104,9 +104,6 @@ class GuardedModule(L.LightningModule):
             for name in self.trains
         }
         self.make_scheduler = {name: (schedulers or {}).get(name) for name in self.trains}
-        self.configured_learning_rates = {
-            name: getattr(optimizers[name], "keywords", {}).get("lr") for name in self.trains
-        }
         if max_iterations is not None and max_iterations < 1:
             raise ValueError(f"max_iterations={max_iterations}: must be >= 1 (or None)")
         self.max_iterations = max_iterations
@@ -271,7 +268,7 @@ class GuardedModule(L.LightningModule):
         schedulers = self._lr_schedulers()
         for name, lightning_optimizer in self._optimizer.items():
             optimizer = lightning_optimizer.optimizer
-            lr = self.configured_learning_rates[name]
+            lr = getattr(self.make_optimizer[name], "keywords", {}).get("lr")
             if lr is None or self.hyperparameter_schedules.schedules_learning_rate(name):
                 continue
             for group in optimizer.param_groups:
