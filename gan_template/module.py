@@ -138,6 +138,9 @@ class GANModule(GuardedModule):
         {"d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake", "d_grad_norm", "g_grad_norm"}
     )
     PROGRESS = ("d_loss", "g_loss")
+    #: What the generator takes: ``"noise"`` (latent vectors; the samplers, grids and image
+    #: metrics draw them) or ``"image"`` (the image-to-image tasks of ``gan_template/tasks/``).
+    GENERATOR_INPUT = "noise"
 
     def __init__(
         self,
@@ -175,7 +178,7 @@ class GANModule(GuardedModule):
                     f"networks: {type(self).__name__} needs a network named {name!r} (model.{name})"
                 )
         generator = self.generator
-        self.latent_dim = models.latent_dim(generator)
+        self.latent_dim = models.latent_dim(generator) if self.GENERATOR_INPUT == "noise" else 0
         self.num_classes = models.num_classes(generator)
         self.generator_ema = ema(generator) if ema is not None else None
         self.adversarial_loss = loss if loss is not None else NonSaturating()
@@ -349,6 +352,11 @@ class GANModule(GuardedModule):
         with another schedule overrides it.
         """
         return self.schedule.n_critic
+
+    def data_shapes(self) -> dict[str, tuple[int, ...]]:
+        """What the networks need of the data: ``{attribute of the data module: shape}``,
+        checked at start-up (``harness/train.py``)."""
+        return {"sample_shape": models.sample_shape(self.generator)}
 
     @property
     def conditional(self) -> bool:

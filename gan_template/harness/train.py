@@ -162,8 +162,8 @@ def check_batch_fits(cfg: DictConfig, generator: nn.Module, discriminator: nn.Mo
     of its pack) is named now, not by a traceback at the first step.
     """
     batch_size = cfg.data.get("batch_size")
-    if not isinstance(batch_size, int):
-        return
+    if not isinstance(batch_size, int) or getattr(generator, "latent_dim", None) is None:
+        return  # an image-to-image generator: its shapes are checked by check_shapes
     z = torch.zeros(batch_size, models.latent_dim(generator))
     labels = torch.zeros(batch_size, dtype=torch.long) if models.num_classes(generator) else None
     try:
@@ -201,15 +201,22 @@ def check_shapes(module: GANModule, datamodule: L.LightningDataModule) -> None:
             f"the data module {type(datamodule).__name__} has no `sample_shape` attribute; set "
             "self.sample_shape (the shape of one sample, e.g. (2,) or (3, 32, 32)) in its __init__"
         )
-    data_shape = tuple(data_shape)
-    generated = models.sample_shape(module.generator)
-    if data_shape != generated:
-        raise ConfigError(
-            f"the generator produces samples of shape {generated} but the data "
-            f"({type(datamodule).__name__}) has samples of shape {data_shape}; "
-            "make model.* sizes match the data (images: model.*.channels/resolution follow "
-            "data.channels/data.resolution unless overridden; MLPs: data_dim)"
-        )
+    for attribute, needed in module.data_shapes().items():
+        given = getattr(datamodule, attribute, None)
+        if given is None:
+            raise ConfigError(
+                f"{type(module).__name__} needs data with `{attribute}` (shape {needed}), and "
+                f"the data module {type(datamodule).__name__} has none; choose data its task "
+                "reads (the paired tasks: data=paired_digits or data=paired_folder)"
+            )
+        if tuple(given) != tuple(needed):
+            what = "produces samples" if attribute == "sample_shape" else f"takes {attribute}"
+            raise ConfigError(
+                f"the generator {what} of shape {tuple(needed)} but the data "
+                f"({type(datamodule).__name__}) has {attribute} {tuple(given)}; "
+                "make model.* sizes match the data (images: model.*.channels/resolution follow "
+                "data.channels/data.resolution unless overridden; MLPs: data_dim)"
+            )
 
 
 def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
