@@ -74,7 +74,6 @@ class ImageToImage(GANModule):
     """
 
     GENERATOR_INPUT = "image"
-    DIAGNOSTICS = GANModule.DIAGNOSTICS | {"g_adaptive_weight"}
     PROGRESS = ("d_loss", "g_loss", "g_rec")
 
     def __init__(
