@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
 from gan_template import models
-from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations
+from gan_template.callbacks.periodic import FINAL_METRICS, EveryNIterations, require_noise_input
 from gan_template.data.images import ImageDataModule
 from gan_template.harness.errors import ConfigError
 from gan_template.harness.loggers import log_at_iteration
@@ -103,6 +103,7 @@ class ImageQualityEvaluation(EveryNIterations):
         self._real: tuple[Tensor, Tensor] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_noise_input(pl_module, "the image evaluation (callbacks.image_eval)")
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
         classes = getattr(datamodule, "num_classes", 0)
         if self.feature_extractor == "classifier" and classes < 2:

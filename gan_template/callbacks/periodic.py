@@ -7,7 +7,17 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from gan_template.harness.errors import ConfigError
 from gan_template.module import GANModule, as_gan_module
+
+
+def require_noise_input(pl_module: L.LightningModule, what: str) -> None:
+    """Refuse, at setup, a module whose generator takes images: ``what`` draws latents."""
+    if getattr(pl_module, "GENERATOR_INPUT", "noise") != "noise":
+        raise ConfigError(
+            f"callbacks: {what} draws latents, and {type(pl_module).__name__} is an "
+            "image-to-image task (its generator takes images); use callbacks=translation"
+        )
 
 
 def is_due(iteration: int, every_n_iterations: int, last_done: int) -> bool:

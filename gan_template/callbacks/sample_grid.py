@@ -9,7 +9,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from gan_template import models
-from gan_template.callbacks.periodic import EveryNIterations
+from gan_template.callbacks.periodic import EveryNIterations, require_noise_input
 from gan_template.harness.loggers import log_image
 from gan_template.module import GANModule, as_gan_module
 
@@ -61,6 +61,9 @@ class SampleGrid(EveryNIterations):
         self.seed = seed
         self.interpolation_rows = interpolation_rows
         self.interpolation_steps = interpolation_steps
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_noise_input(pl_module, "the sample grid (callbacks.sample_grid)")
 
     def run(self, trainer: L.Trainer, pl_module: GANModule) -> None:
         self.render(trainer, pl_module)

@@ -63,7 +63,8 @@ def validate(cfg: DictConfig) -> None:
             f"invalid config:\n  - {error.full_key}: cannot be resolved ({str(error.msg).splitlines()[0]}). The "
             "chosen groups do not fit together: e.g. an image model (model=dcgan) reads "
             "data.resolution, which toy data does not have; pick a model for the data "
-            "(toy data: model=mlp; images: model=dcgan or model=resnet)"
+            "(toy data: model=mlp; images: model=dcgan or model=resnet; the image-to-image "
+            "tasks read paired data: data=paired_digits or data=paired_folder)"
         ) from None
     # Structure and types first: the value checks below rely on them.
     problems += unknown_keys(cfg)

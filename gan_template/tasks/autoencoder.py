@@ -50,21 +50,24 @@ def lpips_network(net: str, weights: str) -> nn.Module:
             "(e.g. vgg16-397923af.pth from a machine with internet), or set perceptual=ssim "
             "(offline) or perceptual=none"
         )
+    import torchvision
+
     network = _LPIPS(pretrained=True, net=net, pnet_rand=True)  # type: ignore[arg-type]
+    backbone = {"vgg": "vgg16", "alex": "alexnet", "squeeze": "squeezenet1_1"}[net]
+    reference = getattr(torchvision.models, backbone)(weights=None)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    features = {
-        key.removeprefix("features."): value
-        for key, value in state.items()
-        if key.startswith("features.") or key.split(".")[0].isdigit()
-    }
-    own = network.net.state_dict()
-    mapped = {key: features[key.split(".", 1)[1]] for key in own if key.split(".", 1)[1] in features}
-    if len(mapped) != len(own):
-        missing = sorted(set(own) - set(mapped))[:3]
+    try:
+        reference.load_state_dict(state)
+    except RuntimeError as error:
         raise ValueError(
-            f"lpips_weights={weights!r}: not torchvision's {net} weights ({len(own) - len(mapped)} "
-            f"of the backbone's tensors missing, e.g. {missing}); lpips_net names the backbone"
-        )
+            f"lpips_weights={weights!r}: not torchvision's {backbone} weights ({str(error)[:200]}"
+            "...); lpips_net names the backbone"
+        ) from None
+    # LPIPS's slices hold the backbone's feature layers in their order, so the two state
+    # dicts list the same tensors in the same order.
+    own = network.net.state_dict()
+    features = list(reference.features.state_dict().values())[: len(own)]
+    mapped = dict(zip(own, features, strict=True))
     network.net.load_state_dict(mapped)
     network.eval().requires_grad_(False)
     return network
