@@ -3,11 +3,16 @@
     python -m gan_template.sample CKPT [--n 2500] [--out samples.pt] [--seed 0]
                                        [--device cpu] [--no-ema]
                                        [--interpolation ROWS] [--steps 10]
+    python -m gan_template.sample CKPT --inputs FOLDER [--out outputs.pt]   (image-to-image)
 
 Writes a float tensor of shape ``(n, *sample_shape)`` to ``--out`` (``torch.load``
 reads it back); for image data also a PNG grid beside it (``FILE.png``) and,
 with ``--interpolation ROWS``, ``FILE_interpolation.png``: ROWS rows, each a
 spherical walk of ``--steps`` images between two random latents.
+For an image-to-image checkpoint (``task=paired``, ``task=autoencoder``),
+``--inputs FOLDER`` translates (or reconstructs) every image of the folder,
+resized to the run's resolution: the outputs go to ``--out`` as a tensor, to
+``FILE/<image name>.png`` one by one, and to ``FILE.png`` as input | output pairs.
 ``--help`` lists the options; a bad value exits with status 2 and a message.
 """
 
@@ -78,6 +83,39 @@ def sample(generator: nn.Module, n: int, seed: int = 0, batch_size: int = 1024) 
     return models.generate(generator, noise, labels, chunk_size=batch_size)
 
 
+def read_inputs(folder: Path, resolution: int, channels: int) -> tuple[list[Path], torch.Tensor]:
+    """Every image file of ``folder`` (sorted), resized to ``resolution``, in [-1, 1]."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from gan_template.data.images import has_image_extension, load_image
+
+    if not folder.is_dir():
+        raise UserInputError(f"--inputs {folder} is not a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and has_image_extension(str(p)))
+    if not files:
+        raise UserInputError(f"--inputs {folder} holds no image files (png, jpg, ...)")
+    images = []
+    for path in files:
+        image = load_image(str(path)).convert("L" if channels == 1 else "RGB")
+        tensor = pil_to_tensor(image).float().div(127.5).sub(1.0)[None]
+        images.append(
+            torch.nn.functional.interpolate(
+                tensor, size=(resolution, resolution), mode="bilinear", antialias=True
+            ).clamp(-1, 1)
+        )
+    return files, torch.cat(images)
+
+
+@torch.no_grad()
+def translate(generator: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """An image-to-image generator's outputs (eval mode), as float32 on the CPU."""
+    weight = next(generator.parameters())
+    return torch.cat(
+        [generator(chunk.to(weight.device, weight.dtype)).float().cpu()
+         for chunk in inputs.split(batch_size)]
+    )  # fmt: skip
+
+
 def save_image_grid(samples: torch.Tensor, path: Path, max_images: int = 64) -> None:
     """Images in [-1, 1] (the generators' tanh range) as one PNG grid."""
     from torchvision.utils import save_image
@@ -115,6 +153,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also write FILE_interpolation.png: ROWS latent walks (image data)",
     )
     parser.add_argument("--steps", type=int, default=10, help="images per walk (>= 2)")
+    parser.add_argument(
+        "--inputs",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="image-to-image checkpoints: translate (reconstruct) every image of FOLDER",
+    )
     positive_int.__name__ = "integer >= 1"  # argparse names the type in its error message
     args = parser.parse_args(argv)
     if args.out.is_dir():
@@ -155,6 +200,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except UserInputError as error:
         print(f"gan_template.sample: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    translates = getattr(generator, "latent_dim", None) is None
+    if translates != (args.inputs is not None):
+        print(
+            "gan_template.sample: error: "
+            + (
+                f"{args.ckpt} translates images ({cfg.module._target_.rsplit('.', 1)[-1]}); "
+                "give --inputs FOLDER"
+                if translates
+                else f"--inputs: {args.ckpt} generates from noise; drop --inputs"
+            ),
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    if translates:
+        return translate_folder(generator, cfg, args)
     samples = sample(generator, args.n, args.seed, args.batch_size)
     # Toy data may be trained at a reduced scale (data.scale): return original units.
     samples = samples * float(cfg.data.get("scale", 1.0))
@@ -176,6 +236,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("gan_template.sample: --interpolation draws images; this generator's samples are not")
     print(f"Wrote {len(samples)} samples of shape {tuple(samples.shape[1:])}: {', '.join(written)}")
     return {"samples": samples, "written": written}
+
+
+def translate_folder(generator: nn.Module, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """``--inputs``: every image of the folder through an image-to-image generator."""
+    from torchvision.utils import save_image
+
+    in_channels = int(getattr(generator, "in_channels", cfg.data.channels))
+    try:
+        files, inputs = read_inputs(args.inputs, int(cfg.data.resolution), in_channels)
+    except UserInputError as error:
+        print(f"gan_template.sample: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    outputs = translate(generator, inputs, args.batch_size)
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(outputs, out)
+    folder = out.with_suffix("")
+    folder.mkdir(exist_ok=True)
+    for path, image in zip(files, outputs, strict=True):
+        save_image(image, folder / f"{path.stem}.png", normalize=True, value_range=(-1.0, 1.0))
+    channels = max(inputs.shape[1], outputs.shape[1])
+    pairs = torch.stack([inputs[:32].expand(-1, channels, -1, -1),
+                         outputs[:32].expand(-1, channels, -1, -1)], dim=1).flatten(0, 1)  # fmt: skip
+    save_image(pairs, out.with_suffix(".png"), nrow=8, normalize=True, value_range=(-1.0, 1.0))
+    written = [str(out), f"{folder}/", str(out.with_suffix(".png"))]
+    print(f"Translated {len(outputs)} images of {args.inputs}: {', '.join(written)}")
+    return {"samples": outputs, "written": written}
 
 
 if __name__ == "__main__":

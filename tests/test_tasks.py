@@ -177,6 +177,19 @@ def test_the_autoencoder_reports_its_terms_and_is_evaluated(make_config) -> None
                    "train/g_adaptive_weight", "train/d_loss"):  # fmt: skip
         assert column in header, column
     assert (Path(result["run_dir"]) / "samples" / "pairs_last.png").is_file()
+    # The sampler reconstructs a folder of images with the checkpoint's autoencoder.
+    from gan_template.sample import main as sample
+
+    inputs = Path(result["run_dir"]) / "inputs"
+    for i in range(3):
+        _image(inputs / f"{i}.png", 40, 40)
+    out = Path(result["run_dir"]) / "out" / "recon.pt"
+    checkpoint = str(Path(result["run_dir"]) / "checkpoints" / "last.ckpt")
+    written = sample([checkpoint, "--inputs", str(inputs), "--out", str(out)])
+    assert written["samples"].shape == (3, 1, 16, 16)
+    assert sorted(p.name for p in out.with_suffix("").iterdir()) == ["0.png", "1.png", "2.png"]
+    with pytest.raises(SystemExit):
+        sample([checkpoint, "--out", str(out)])  # an image-to-image checkpoint needs --inputs
 
 
 def test_lpips_reads_its_backbone_from_a_local_file(tmp_path: Path) -> None:

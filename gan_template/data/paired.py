@@ -34,12 +34,13 @@ from gan_template.harness.errors import DataError
 CORRUPTIONS = ("mask_bottom", "mask_right", "none")
 
 
-def corrupt(images: Tensor, corruption: str) -> Tensor:
-    """The input of each pair: ``images`` with a half masked to grey (0), or unchanged."""
+def corrupt(images: Tensor, corruption: str, masked_fraction: float = 0.5) -> Tensor:
+    """The input of each pair: ``images`` with their bottom (right) ``masked_fraction`` masked
+    to grey (0), or unchanged."""
     if corruption == "none":
         return images.clone()
     masked = images.clone()
-    side = images.shape[-1] // 2
+    side = images.shape[-1] - round(images.shape[-1] * masked_fraction)
     if corruption == "mask_bottom":
         masked[..., side:, :] = 0.0
     elif corruption == "mask_right":
@@ -107,6 +108,7 @@ class PairedImageDataModule(L.LightningDataModule):
         direction: ``AtoB`` (the left half is the input) or ``BtoA``.
         corruption: how a digit becomes its input (``digits``): ``mask_bottom``,
             ``mask_right`` or ``none`` (an autoencoder's pairs).
+        masked_fraction: the fraction of the rows (columns) masked.
         resolution: image side in pixels.
         channels: channels of the target (B); ``in_channels`` of the input (default the same).
         batch_size: pairs per update.
@@ -120,6 +122,7 @@ class PairedImageDataModule(L.LightningDataModule):
         root: str = "data",
         direction: str = "AtoB",
         corruption: str = "mask_bottom",
+        masked_fraction: float = 0.5,
         resolution: int = 16,
         channels: int = 1,
         in_channels: int | None = None,
@@ -139,6 +142,8 @@ class PairedImageDataModule(L.LightningDataModule):
             raise ValueError(f"data.corruption={corruption!r}: must be one of {list(CORRUPTIONS)}")
         if channels not in (1, 3) or (in_channels or channels) not in (1, 3):
             raise ValueError(f"data.channels={channels}, data.in_channels={in_channels}: 1 or 3")
+        if not 0 < masked_fraction < 1:
+            raise ValueError(f"data.masked_fraction={masked_fraction}: a fraction in (0, 1)")
         if not 0 < validation < 1:
             raise ValueError(f"data.validation={validation}: a fraction in (0, 1)")
         if limit is not None and limit < 1:
@@ -147,6 +152,7 @@ class PairedImageDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser()
         self.direction = direction
         self.corruption = corruption
+        self.masked_fraction = masked_fraction
         self.resolution = resolution
         self.channels = channels
         self.in_channels = in_channels or channels
@@ -178,7 +184,7 @@ class PairedImageDataModule(L.LightningDataModule):
 
     def _digit_pairs(self) -> tuple[TensorDataset, TensorDataset]:
         images, labels = load_digits_tensor(self.resolution, self.channels)
-        inputs = corrupt(images, self.corruption)
+        inputs = corrupt(images, self.corruption, self.masked_fraction)
         if self.in_channels != self.channels:
             inputs = inputs.mean(1, keepdim=True).expand(-1, self.in_channels, -1, -1).contiguous()
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.data_seed))
