@@ -218,6 +218,8 @@ class GANModule(GuardedModule):
         self._augment_observes = callable(getattr(augment, "observe", None))
         self._predicate_reads_statistics = self.updates.rule.predicate is not None
         self.compile_networks = compile_networks
+        #: A frozen decoder of the samples (a GAN in an autoencoder's latent space), or None.
+        self.sample_decoder: nn.Module | None = None
 
         # Numbers that change over the run: set at the start of every iteration.
         parts: dict[str, object] = {
@@ -446,16 +448,25 @@ class GANModule(GuardedModule):
     def load_run_state(self, state: Mapping[str, Any]) -> None:
         self.discriminator_updates = state["discriminator_updates"]
 
+    def decode_samples_with(self, decoder: nn.Module) -> None:
+        """The generator's samples are latents of ``decoder`` (frozen; saved in checkpoints as
+        ``sample_decoder.*``): grids, metrics and the sampler see them decoded."""
+        # Left in train mode as the networks (Lightning warns of eval-mode modules at the
+        # start of fit); the samplers switch to eval mode themselves (models.generate).
+        self.sample_decoder = decoder.requires_grad_(False)
+
     @property
     def sampling_generator(self) -> nn.Module:
-        """The network samples and metrics use: the EMA generator where there is one.
+        """The network samples and metrics use: the EMA generator where there is one, followed
+        by the sample decoder where there is one (``models.Decoded``).
 
         With BatchNorm layers that is a copy with statistics of its own
         (``GeneratorEMA.for_sampling``), made once per EMA update.
         """
-        if self.generator_ema is None:
-            return self.generator
-        return self.generator_ema.for_sampling()
+        generator = self.generator if self.generator_ema is None else self.generator_ema.for_sampling()
+        if self.sample_decoder is None:
+            return generator
+        return models.Decoded(generator, self.sample_decoder)
 
 
 def reported(metrics: dict[str, Tensor], name: str, result: Reported) -> Tensor:

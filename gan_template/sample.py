@@ -66,7 +66,30 @@ def load_generator(
     if prefix.startswith("generator_ema."):
         # As in training's evaluations: BatchNorm statistics of the averaged weights.
         recompute_batch_norm(generator, int(cfg.ema.get("batch_norm_samples", 2048)))
+    if any(k.startswith("sample_decoder.") for k in state):  # a GAN in a latent space
+        generator = models.Decoded(generator, latent_decoder(cfg, state).to(device))
     return generator.eval(), cfg
+
+
+def latent_decoder(cfg: DictConfig, state: dict[str, Any]) -> nn.Module:
+    """The decoder a latent GAN's samples go through, with the weights its checkpoint saved.
+
+    Its architecture comes from the autoencoder checkpoint the run read (``data.autoencoder``).
+    """
+    from gan_template.data.latents import LatentDecoder, load_autoencoder
+    from gan_template.harness.errors import DataError
+
+    try:
+        network, ae_cfg = load_autoencoder(cfg.data.autoencoder)
+    except DataError as error:
+        raise UserInputError(f"this latent GAN decodes with its autoencoder: {error}") from None
+    prefix = "sample_decoder."
+    decoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    image = ae_cfg.data
+    shape = (int(image.channels), int(image.resolution), int(image.resolution))
+    decoder = LatentDecoder(network, decoder_state["shift"], decoder_state["scale"], shape)
+    decoder.load_state_dict(decoder_state)
+    return decoder.eval()
 
 
 def sample(generator: nn.Module, n: int, seed: int = 0, batch_size: int = 1024) -> torch.Tensor:

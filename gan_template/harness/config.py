@@ -202,6 +202,7 @@ def validate(cfg: DictConfig) -> None:
     )
     batch_size = number("batch_size")
     need(batch_size is None or batch_size >= 1, "data.batch_size", "must be >= 1")
+    latents = cfg.data.get("autoencoder") is not None  # a latent image: any channels
     resolution = number("resolution")
     if resolution is not None:
         power_of_two = resolution >= 8 and resolution & (resolution - 1) == 0
@@ -211,7 +212,11 @@ def validate(cfg: DictConfig) -> None:
             "the image networks need a power of two >= 8 (16, 32, 64, ...)",
         )
     channels = number("channels")
-    need(channels is None or channels in (1, 3), "data.channels", "must be 1 (grey) or 3 (RGB)")
+    need(
+        channels is None or channels in (1, 3) or latents,
+        "data.channels",
+        "must be 1 (grey) or 3 (RGB)",
+    )
     clip_norm = cfg.optim.get("gradient_clip_norm")
     if clip_norm is not None:  # its owner's module imports Lightning: only when it is set
         from gan_template.harness.update import Updates

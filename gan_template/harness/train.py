@@ -351,6 +351,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     check_memory(cfg, num_classes)
     module = build_module(cfg, num_classes=num_classes)
     check_shapes(module, datamodule)
+    decoder = getattr(datamodule, "decoder", None)  # latent data: samples are decoded to images
+    if decoder is not None:
+        module.decode_samples_with(decoder)
     # One real batch per discriminator update: the module's update schedule decides.
     datamodule.batches_per_iteration = module.batches_per_iteration  # type: ignore[attr-defined]
     check_contracts(

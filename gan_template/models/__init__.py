@@ -40,6 +40,26 @@ def num_classes(generator: nn.Module) -> int:
     return int(getattr(generator, "num_classes", 0))
 
 
+class Decoded(nn.Module):
+    """A generator of latents followed by a frozen decoder: its samples are images.
+
+    What a GAN in an autoencoder's latent space samples with (``data/latents.py``):
+    grids, metrics and the sampler call it as any generator.
+    """
+
+    def __init__(self, generator: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+        self.decoder = decoder
+        self.latent_dim = latent_dim(generator)
+        self.num_classes = num_classes(generator)
+        self.sample_shape = tuple(decoder.sample_shape)
+
+    def forward(self, noise: Tensor, labels: Tensor | None = None) -> Tensor:
+        latents = self.generator(noise) if labels is None else self.generator(noise, labels)
+        return self.decoder(latents)
+
+
 @torch.no_grad()
 def generate(
     generator: nn.Module, noise: Tensor, labels: Tensor | None = None, chunk_size: int = 1024
