@@ -211,6 +211,89 @@ def test_lpips_reads_its_backbone_from_a_local_file(tmp_path: Path) -> None:
         assert AutoencoderReconstruction("auto", lpips_weights=None).perceptual == "ssim"
 
 
+# ---- a GAN in the autoencoder's latent space ------------------------------------------
+
+#: A tiny autoencoder whose latents (4 x 8 x 8 at 16 px) a DCGAN can take.
+TINY_AUTOENCODER = ["experiment=autoencoder_digits", *TINY, "data.resolution=16",
+                    "model.generator.downsamples=1", "model.discriminator.layers=2",
+                    "module.discriminator_start=1"]  # fmt: skip
+TINY_LATENT_GAN = ["experiment=latent_gan_digits", "data.limit=128", "data.batch_size=16",
+                   "model.generator.width=8", "model.discriminator.width=8",
+                   "trainer.deterministic=true", "callbacks=default"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def autoencoder_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import FAST, compose_config
+
+    run_dir = tmp_path_factory.mktemp("autoencoder")
+    run(compose_config([*FAST, *TINY_AUTOENCODER, "train.iterations=2"], run_dir))
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def test_the_latent_gan_trains_on_cached_latents_and_decodes_its_samples(
+    make_config, autoencoder_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Latents are encoded once and cached by the checkpoint's content; a retrained checkpoint
+    is encoded afresh; samples are images (grids, FID, the sampler); 3 + resume + 3 iterations
+    equal 6 bit for bit."""
+    from gan_template.data.latents import LatentDataModule
+    from gan_template.sample import main as sample
+
+    cache = tmp_path / "cache"
+    common = [*TINY_LATENT_GAN, f"data.autoencoder={autoencoder_checkpoint}",
+              f"data.cache_dir={cache}"]  # fmt: skip
+    evaluated = [*common, "callbacks=images", "callbacks.image_eval.every_n_iterations=0",
+                 "callbacks.image_eval.num_samples=64", "callbacks.sample_grid.every_n_iterations=0",
+                 "callbacks.sample_grid.interpolation_rows=0"]  # fmt: skip
+    straight = run(make_config(*evaluated, "train.iterations=6", run_dir=make_config.new_run_dir()))
+    cached = sorted(cache.glob("latents_*.pt"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert "image/fid" in straight["final_metrics"]
+    grid = Path(straight["run_dir"]) / "samples" / "grid_last.png"
+    assert Image.open(grid).size[0] > 16 * 10  # 16 px images, not 8 px latents
+
+    first_dir = make_config.new_run_dir()
+    run(make_config(*common, "train.iterations=3", run_dir=first_dir))
+    resumed = run(
+        make_config(*common, "train.iterations=6",
+                    f"ckpt_path={first_dir / 'checkpoints' / 'last.ckpt'}", run_dir=first_dir)
+    )  # fmt: skip
+    assert same_tensors(straight["module"].state_dict(), resumed["module"].state_dict())
+    assert cached[0].stat().st_mtime_ns == stamp  # read, never re-encoded
+
+    out = tmp_path / "samples.pt"
+    images = sample([str(first_dir / "checkpoints" / "last.ckpt"), "--n", "8", "--out", str(out)])
+    assert images["samples"].shape == (8, 1, 16, 16)
+
+    # A retrained autoencoder at the same path is a new cache entry.
+    changed = tmp_path / "changed.ckpt"
+    state = torch.load(autoencoder_checkpoint, map_location="cpu", weights_only=False)
+    first = next(k for k in state["state_dict"] if k.startswith("generator."))
+    state["state_dict"][first] = state["state_dict"][first] + 0.1
+    torch.save(state, changed)
+    LatentDataModule(str(changed), cache_dir=str(cache)).setup("fit")
+    assert len(list(cache.glob("latents_*.pt"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.autoencoder=/nonexistent/last.ckpt"], r"data.autoencoder=/nonexistent.*no such"),
+        (["data.channels=3"], r"data.channels=3.*latents .* have shape \(4, 8, 8\)"),
+    ],
+    ids=["missing checkpoint", "shape mismatch"],
+)
+def test_bad_latent_data_is_named(
+    make_config, autoencoder_checkpoint: Path, overrides: list[str], message: str
+) -> None:
+    cfg = make_config(*TINY_LATENT_GAN, f"data.autoencoder={autoencoder_checkpoint}",
+                      "train.iterations=1", *overrides)  # fmt: skip
+    with pytest.raises(DataError, match=message):
+        run(cfg)
+
+
 # ---- bad input -------------------------------------------------------------------------
 
 
@@ -283,16 +366,28 @@ def test_bad_task_configs_are_named(make_config, overrides: list[str], message: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", ["pix2pix_digits", "autoencoder_digits"])
+@pytest.mark.parametrize("experiment", ["pix2pix_digits", "autoencoder_digits", "latent_gan_digits"])
 def test_tasks_under_ddp(tmp_path: Path, experiment: str) -> None:
-    """2-process DDP from the recipe: identical weights on both ranks, and a NaN injected on
+    """2-process DDP from each recipe: identical weights on both ranks, and a NaN injected on
     rank 1 at iteration 2 skips that iteration on both (the autoencoder's discriminator
     starts at iteration 1, so the skipped iteration has both updates)."""
+    from conftest import FAST, compose_config
+
+    if experiment == "latent_gan_digits":
+        autoencoder = tmp_path / "autoencoder"
+        run(compose_config([*FAST, *TINY_AUTOENCODER, "train.iterations=2"], autoencoder))
+        overrides = [*TINY_LATENT_GAN, f"data.autoencoder={autoencoder}/checkpoints/last.ckpt",
+                     f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    else:
+        overrides = [f"experiment={experiment}", *TINY]
+        if experiment == "autoencoder_digits":
+            overrides += ["module.discriminator_start=1", "data.resolution=16",
+                          "model.discriminator.layers=2"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     argv = [
-        sys.executable, "-m", "gan_template", f"experiment={experiment}", *TINY,
+        sys.executable, "-m", "gan_template", *overrides,
         "trainer=ddp_cpu", "trainer.enable_progress_bar=false", "train.iterations=4",
-        "module.discriminator_start=1", "skip.inject_nonfinite_at=[2]", "skip.inject_rank=1",
+        "skip.inject_nonfinite_at=[2]", "skip.inject_rank=1",
         "+callbacks.rank_report._target_=ddp_probe.RankReport",
         "extra_target_prefixes=[ddp_probe.]", f"hydra.run.dir={tmp_path / 'run'}",
     ]  # fmt: skip

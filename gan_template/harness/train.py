@@ -272,7 +272,13 @@ def check_resume(cfg: DictConfig, ckpt_path: str, num_classes: int) -> None:
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
     with torch.device("meta"):
         expected = build_module(cfg, num_classes=num_classes).state_dict()
-    mismatches = shape_mismatches(checkpoint.get("state_dict", {}), expected)
+    # A latent GAN's sample decoder comes from its data (data.autoencoder), not from model.*.
+    networks = {
+        key: value
+        for key, value in checkpoint.get("state_dict", {}).items()
+        if not key.startswith("sample_decoder.")
+    }
+    mismatches = shape_mismatches(networks, expected)
     saved = checkpoint.get("hyper_parameters", {}).get("run_config") or {}
     changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     if mismatches:
