@@ -114,6 +114,10 @@ class ImageToImage(GANModule):
                     name, value, lambda v, name=name: setattr(self, name, v)
                 )
         self._discriminator_stepped = False
+        if self.generator_ema is not None:
+            # Re-estimating BatchNorm statistics feeds the network noise; an image generator
+            # samples with the training generator's statistics (copied at every EMA update).
+            self.generator_ema.batch_norm_samples = 0
 
     # ---- the algorithm ---------------------------------------------------------------------
 
