@@ -57,6 +57,10 @@ PREDICATE = [
 ]
 
 
+TINY_TASK = ["data.resolution=16", "data.batch_size=8", "data.limit=64", "callbacks=default",
+             "model.discriminator.width=8", "model.generator.width=8"]  # fmt: skip
+
+
 def syncs_of_quiet_iterations(make_config, *overrides: str) -> list[int]:
     counter = SyncsPerBatch(HostSyncCounter())
     cfg = make_config(*overrides, "train.iterations=40", "trainer.log_every_n_steps=10", fast=True)
@@ -85,6 +89,11 @@ def syncs_of_quiet_iterations(make_config, *overrides: str) -> list[int]:
             "regularizers=[path_length,lecam]",
             "regularizers.path_length.interval=2",
         ],
+        # The image-to-image tasks: pix2pix; the autoencoder's late discriminator and
+        # adaptive weight (an all-reduce under DDP, no host read).
+        ["experiment=pix2pix_digits", *TINY_TASK],
+        ["experiment=autoencoder_digits", *TINY_TASK, "model.generator.downsamples=1",
+         "model.discriminator.layers=2", "module.discriminator_start=5"],  # fmt: skip
     ],
     ids=[
         "ring",
@@ -95,6 +104,8 @@ def syncs_of_quiet_iterations(make_config, *overrides: str) -> list[int]:
         "dcgan",
         "wgan_gp+clip",
         "regularizers",
+        "pix2pix",
+        "autoencoder",
     ],
 )
 def test_an_iteration_that_writes_no_logs_reads_the_device_at_most_once(
