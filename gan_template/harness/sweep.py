@@ -49,7 +49,8 @@ def objective(final_metrics: Mapping[str, float], name: str) -> float:
         raise ConfigError(
             f"optimized_metric={name} was not measured by this run (its final metrics: "
             f"{available}); name one of those, or enable the evaluation that measures it "
-            "(callbacks=toy for toy/*, callbacks=images for image/*)"
+            "(callbacks=toy for toy/*, callbacks=images for image/*, callbacks=translation for "
+            "val/* of the image-to-image tasks)"
         )
     return float(final_metrics[name])
 
