@@ -15,11 +15,24 @@ GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name !=
 OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONFIG_DIR / group).glob("*.yaml"))]
 #: R3GAN's own configurations: GPU-sized networks on data that is not embedded.
 GPU_EXPERIMENTS = {"r3gan_cifar10": (3, 32, 10), "r3gan_ffhq64": (3, 64, 0)}
+#: The latent GAN needs an autoencoder checkpoint first (tests/test_tasks.py trains one).
+NEEDS_A_CHECKPOINT = {"latent_gan_digits"}
 EXPERIMENTS = [
     p.stem
     for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))
-    if p.stem not in GPU_EXPERIMENTS
+    if p.stem not in GPU_EXPERIMENTS and p.stem not in NEEDS_A_CHECKPOINT
 ]
+#: Options of the image-to-image tasks and the latent GAN compose inside their recipes.
+TASK_OPTIONS = {
+    ("model", "pix2pix"): ["experiment=pix2pix_digits"],
+    ("data", "paired_digits"): ["experiment=pix2pix_digits"],
+    ("data", "paired_folder"): ["experiment=pix2pix_digits", "data.root=/some/pairs"],
+    ("callbacks", "translation"): ["experiment=pix2pix_digits"],
+    ("task", "paired"): ["experiment=pix2pix_digits"],
+    ("model", "autoencoder"): ["experiment=autoencoder_digits"],
+    ("task", "autoencoder"): ["experiment=autoencoder_digits"],
+    ("data", "latents"): ["experiment=latent_gan_digits", "data.autoencoder=/some/last.ckpt"],
+}
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -32,9 +45,10 @@ def test_every_config_option_composes_and_resolves(make_config, group: str, opti
         ("callbacks", "toy"),
     }
     extra = ["data.root=/some/images"] if (group, option) == ("data", "folder") else []
-    cfg = make_config(
-        "experiment=ring" if toy else "experiment=dcgan", f"{group}={option}", *extra, fast=False
-    )
+    recipe = ["experiment=ring" if toy else "experiment=dcgan"]
+    if (group, option) in TASK_OPTIONS:
+        recipe, extra = TASK_OPTIONS[group, option][:1], TASK_OPTIONS[group, option][1:]
+    cfg = make_config(*recipe, f"{group}={option}", *extra, fast=False)
     OmegaConf.resolve(cfg)  # interpolations point at keys that exist
     assert cfg.train.iterations >= 1
 
@@ -43,6 +57,8 @@ def test_every_config_option_composes_and_resolves(make_config, group: str, opti
 def test_every_experiment_trains_a_few_iterations(make_config, experiment: str) -> None:
     toy = experiment in ("ring", "grid")
     smaller = "data.num_samples=4096" if toy else "callbacks.image_eval.num_samples=256"
+    if experiment in ("pix2pix_digits", "autoencoder_digits"):
+        smaller = "callbacks.translation.num_pairs=64"
     cfg = make_config(f"experiment={experiment}", "train.iterations=3", smaller)
     result = run(cfg)
     assert result["iteration"] == 3
