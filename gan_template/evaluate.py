@@ -263,6 +263,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rank, world_size, args.device = join_ranks(args.device)
     try:
         generator, cfg = load_generator(args.ckpt, use_ema=not args.no_ema, device=args.device)
+        if getattr(generator, "latent_dim", None) is None:
+            raise UserInputError(
+                f"{args.ckpt} is an image-to-image run ({cfg.module._target_.rsplit('.', 1)[-1]}):"
+                " its scores are on held-out pairs (val/* in its metrics.csv, from "
+                "callbacks=translation); this command samples generators of noise"
+            )
         if cfg.data.get("resolution") is None:
             raise UserInputError(
                 f"{args.ckpt} is a run on toy data: its metrics are toy/* (mode coverage), not images"
