@@ -268,6 +268,13 @@ def test_the_latent_gan_trains_on_cached_latents_and_decodes_its_samples(
     out = tmp_path / "samples.pt"
     images = sample([str(first_dir / "checkpoints" / "last.ckpt"), "--n", "8", "--out", str(out)])
     assert images["samples"].shape == (8, 1, 16, 16)
+    # The papers' protocol measures decoded samples against the real images too.
+    from gan_template.evaluate import main as evaluate
+
+    report = tmp_path / "evaluation.json"
+    evaluate([str(first_dir / "checkpoints" / "last.ckpt"), "--samples", "64", "--out",
+              str(report), "--cache-dir", str(cache)])  # fmt: skip
+    assert json.loads(report.read_text())["metrics"]["fid"] > 0
 
     # A retrained autoencoder at the same path is a new cache entry.
     changed = tmp_path / "changed.ckpt"
