@@ -137,7 +137,7 @@ class GANModule(GuardedModule):
     DIAGNOSTICS = frozenset(
         {"d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake", "d_grad_norm", "g_grad_norm"}
     )
-    PROGRESS = ("d_loss", "g_loss")
+    PROGRESS: tuple[str, ...] = ("d_loss", "g_loss")
     #: What the generator takes: ``"noise"`` (latent vectors; the samplers, grids and image
     #: metrics draw them) or ``"image"`` (the image-to-image tasks of ``gan_template/tasks/``).
     GENERATOR_INPUT = "noise"
@@ -463,7 +463,9 @@ class GANModule(GuardedModule):
         With BatchNorm layers that is a copy with statistics of its own
         (``GeneratorEMA.for_sampling``), made once per EMA update.
         """
-        generator = self.generator if self.generator_ema is None else self.generator_ema.for_sampling()
+        generator = (
+            self.generator if self.generator_ema is None else self.generator_ema.for_sampling()
+        )
         if self.sample_decoder is None:
             return generator
         return models.Decoded(generator, self.sample_decoder)

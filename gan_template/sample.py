@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return {"samples": samples, "written": written}
 
 
-def translate_folder(generator: nn.Module, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+def translate_folder(
+    generator: nn.Module, cfg: DictConfig, args: argparse.Namespace
+) -> dict[str, Any]:
     """``--inputs``: every image of the folder through an image-to-image generator."""
     from torchvision.utils import save_image
 

@@ -92,8 +92,13 @@ def syncs_of_quiet_iterations(make_config, *overrides: str) -> list[int]:
         # The image-to-image tasks: pix2pix; the autoencoder's late discriminator and
         # adaptive weight (an all-reduce under DDP, no host read).
         ["experiment=pix2pix_digits", *TINY_TASK],
-        ["experiment=autoencoder_digits", *TINY_TASK, "model.generator.downsamples=1",
-         "model.discriminator.layers=2", "module.discriminator_start=5"],  # fmt: skip
+        [
+            "experiment=autoencoder_digits",
+            *TINY_TASK,
+            "model.generator.downsamples=1",
+            "model.discriminator.layers=2",
+            "module.discriminator_start=5",
+        ],
     ],
     ids=[
         "ring",

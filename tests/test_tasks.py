@@ -37,6 +37,8 @@ TINY = [
     "callbacks=default",
     "trainer.deterministic=true",
 ]
+#: The autoencoder at 16 px (its recipe trains at 32).
+TINY_AE = [*TINY, "data.resolution=16", "model.discriminator.layers=2"]
 
 
 def test_adaptive_weight_is_the_ratio_of_the_gradient_norms_at_the_last_layer() -> None:
@@ -144,7 +146,7 @@ def test_pix2pix_resumes_exactly(make_config) -> None:
 def test_the_autoencoders_discriminator_waits_for_its_start(make_config) -> None:
     """No discriminator step (nor run) before discriminator_start; the iterations still count,
     and a run stopped before the start and resumed after it equals the straight one."""
-    common = ["experiment=autoencoder_digits", *TINY, "module.discriminator_start=3"]
+    common = ["experiment=autoencoder_digits", *TINY_AE, "module.discriminator_start=3"]
     watch = DiscriminatorWatch()
     straight = run(
         make_config(*common, "train.iterations=5", run_dir=make_config.new_run_dir()), watch
@@ -166,7 +168,7 @@ def test_the_autoencoders_discriminator_waits_for_its_start(make_config) -> None
 
 def test_the_autoencoder_reports_its_terms_and_is_evaluated(make_config) -> None:
     cfg = make_config(
-        "experiment=autoencoder_digits", *TINY, "train.iterations=4",
+        "experiment=autoencoder_digits", *TINY_AE, "train.iterations=4",
         "module.discriminator_start=2", "callbacks=translation",
         "callbacks.translation.every_n_iterations=0", "callbacks.translation.num_pairs=64",
     )  # fmt: skip
@@ -207,7 +209,7 @@ def test_lpips_reads_its_backbone_from_a_local_file(tmp_path: Path) -> None:
     assert loss.perceptual_distance(images, images).abs().max() < 1e-6
     assert (loss.perceptual_distance(images, -images) > 0).all()
     torch.save({"classifier.weight": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="not torchvision.s squeezenet1_1 weights"):
+    with pytest.raises(ValueError, match=r"not torchvision.s squeezenet1_1 weights"):
         AutoencoderReconstruction("lpips", 1.0, "squeeze", str(path))
     with pytest.warns(UserWarning, match="1 - SSIM"):
         assert AutoencoderReconstruction("auto", lpips_weights=None).perceptual == "ssim"
@@ -216,9 +218,8 @@ def test_lpips_reads_its_backbone_from_a_local_file(tmp_path: Path) -> None:
 # ---- a GAN in the autoencoder's latent space ------------------------------------------
 
 #: A tiny autoencoder whose latents (4 x 8 x 8 at 16 px) a DCGAN can take.
-TINY_AUTOENCODER = ["experiment=autoencoder_digits", *TINY, "data.resolution=16",
-                    "model.generator.downsamples=1", "model.discriminator.layers=2",
-                    "module.discriminator_start=1"]  # fmt: skip
+TINY_AUTOENCODER = ["experiment=autoencoder_digits", *TINY_AE,
+                    "model.generator.downsamples=1", "module.discriminator_start=1"]  # fmt: skip
 TINY_LATENT_GAN = ["experiment=latent_gan_digits", "data.limit=128", "data.batch_size=16",
                    "model.generator.width=8", "model.discriminator.width=8",
                    "trainer.deterministic=true", "callbacks=default"]  # fmt: skip
@@ -362,8 +363,13 @@ def test_a_paired_folder_trains_with_its_direction(make_config, tmp_path: Path) 
         (["data=digits"], "data.in_channels.*data=paired_digits or data=paired_folder"),
         (["train.n_critic=2"], "set train.n_critic=1"),
     ],
-    ids=["resolution the U-Net cannot take", "too deep a PatchGAN", "noise callbacks",
-         "unpaired data", "n_critic"],  # fmt: skip
+    ids=[
+        "resolution the U-Net cannot take",
+        "too deep a PatchGAN",
+        "noise callbacks",
+        "unpaired data",
+        "n_critic",
+    ],
 )
 def test_bad_task_configs_are_named(make_config, overrides: list[str], message: str) -> None:
     cfg = make_config("experiment=pix2pix_digits", *TINY, "train.iterations=1", *overrides)
@@ -375,7 +381,9 @@ def test_bad_task_configs_are_named(make_config, overrides: list[str], message: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", ["pix2pix_digits", "autoencoder_digits", "latent_gan_digits"])
+@pytest.mark.parametrize(
+    "experiment", ["pix2pix_digits", "autoencoder_digits", "latent_gan_digits"]
+)
 def test_tasks_under_ddp(tmp_path: Path, experiment: str) -> None:
     """2-process DDP from each recipe: identical weights on both ranks, and a NaN injected on
     rank 1 at iteration 2 skips that iteration on both (the autoencoder's discriminator
@@ -390,8 +398,7 @@ def test_tasks_under_ddp(tmp_path: Path, experiment: str) -> None:
     else:
         overrides = [f"experiment={experiment}", *TINY]
         if experiment == "autoencoder_digits":
-            overrides += ["module.discriminator_start=1", "data.resolution=16",
-                          "model.discriminator.layers=2"]  # fmt: skip
+            overrides = [f"experiment={experiment}", *TINY_AE, "module.discriminator_start=1"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     argv = [
         sys.executable, "-m", "gan_template", *overrides,

@@ -74,7 +74,12 @@ def load_autoencoder(checkpoint: str | Path) -> tuple[nn.Module, Any]:
 class LatentDecoder(nn.Module):
     """Standardised latents -> images: undoes the per-channel standardisation, then decodes."""
 
-    def __init__(self, decoder: nn.Module, shift: Tensor, scale: Tensor, image_shape: tuple[int, ...]) -> None:
+    shift: Tensor
+    scale: Tensor
+
+    def __init__(
+        self, decoder: nn.Module, shift: Tensor, scale: Tensor, image_shape: tuple[int, ...]
+    ) -> None:
         super().__init__()
         self.decoder = decoder
         self.register_buffer("shift", shift.view(1, -1, 1, 1).clone())
@@ -82,7 +87,8 @@ class LatentDecoder(nn.Module):
         self.sample_shape = tuple(image_shape)
 
     def forward(self, latents: Tensor) -> Tensor:
-        return self.decoder.decode(latents * self.scale + self.shift).clamp(-1.0, 1.0)
+        decode: Any = self.decoder.decode  # an autoencoder's (load_autoencoder checks it)
+        return decode(latents * self.scale + self.shift).clamp(-1.0, 1.0)
 
 
 class LatentDataModule(L.LightningDataModule):
@@ -169,7 +175,8 @@ class LatentDataModule(L.LightningDataModule):
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
         with torch.no_grad():
-            raw = torch.cat([self.network.encode(chunk)[0] for chunk in images.split(256)])
+            encode: Any = self.network.encode
+            raw = torch.cat([encode(chunk)[0] for chunk in images.split(256)])
         shift = raw.mean(dim=(0, 2, 3))
         scale = (raw - shift.view(1, -1, 1, 1)).abs().amax(dim=(0, 2, 3)).clamp_min(1e-6)
         latents = (raw - shift.view(1, -1, 1, 1)) / scale.view(1, -1, 1, 1)

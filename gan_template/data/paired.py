@@ -27,7 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from gan_template.data.images import NUM_CLASSES, has_image_extension, load_digits_tensor, load_image
+from gan_template.data.images import (
+    NUM_CLASSES,
+    has_image_extension,
+    load_digits_tensor,
+    load_image,
+)
 from gan_template.data.sampling import training_loader
 from gan_template.harness.errors import DataError
 
@@ -53,7 +58,9 @@ def corrupt(images: Tensor, corruption: str, masked_fraction: float = 0.5) -> Te
 class SideBySidePairs(Dataset):
     """pix2pix's aligned files: each is A | B side by side; yields ``(input, target)`` in [-1, 1]."""
 
-    def __init__(self, files: list[Path], resolution: int, channels: int, in_channels: int, b_to_a: bool) -> None:
+    def __init__(
+        self, files: list[Path], resolution: int, channels: int, in_channels: int, b_to_a: bool
+    ) -> None:
         self.files = files
         self.resolution = resolution
         self.channels = channels
@@ -175,7 +182,7 @@ class PairedImageDataModule(L.LightningDataModule):
         if self.dataset is not None:
             return
         if self.name == "digits":
-            train, held_out = self._digit_pairs()
+            train, held_out = self._digit_pairs()  # type: Dataset, Dataset
         else:
             train, held_out = self._folder_split("train"), self._folder_split("val")
         self.evaluation_dataset = train
@@ -188,7 +195,7 @@ class PairedImageDataModule(L.LightningDataModule):
         if self.in_channels != self.channels:
             inputs = inputs.mean(1, keepdim=True).expand(-1, self.in_channels, -1, -1).contiguous()
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.data_seed))
-        cut = int(round(len(images) * self.validation))
+        cut = round(len(images) * self.validation)
         held, train = order[:cut].sort().values, order[cut:].sort().values
         return (
             TensorDataset(inputs[train], images[train], labels[train]),
@@ -255,5 +262,7 @@ class PairedImageDataModule(L.LightningDataModule):
         dataset = self.evaluation_dataset
         assert isinstance(dataset, TensorDataset), "labelled targets: the digits only"
         count = len(dataset)
-        chosen = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[: min(n, count)]
+        chosen = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[
+            : min(n, count)
+        ]
         return dataset.tensors[1][chosen], dataset.tensors[2][chosen]

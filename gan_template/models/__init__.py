@@ -53,7 +53,7 @@ class Decoded(nn.Module):
         self.decoder = decoder
         self.latent_dim = latent_dim(generator)
         self.num_classes = num_classes(generator)
-        self.sample_shape = tuple(decoder.sample_shape)
+        self.sample_shape = sample_shape(decoder)
 
     def forward(self, noise: Tensor, labels: Tensor | None = None) -> Tensor:
         latents = self.generator(noise) if labels is None else self.generator(noise, labels)

@@ -56,8 +56,8 @@ class UNetGenerator(nn.Module):
             fits = int(math.log2(resolution & -resolution)) if resolution > 0 else 0
             raise ValueError(
                 f"resolution={resolution} cannot pass depth={depth} halvings of the U-Net (needs "
-                f"a multiple of {2**max(depth, 1)}); set model.generator.depth to at most {fits} "
-                f"or data.resolution to a multiple of {2**max(depth, 1)}"
+                f"a multiple of {2 ** max(depth, 1)}); set model.generator.depth to at most {fits} "
+                f"or data.resolution to a multiple of {2 ** max(depth, 1)}"
             )
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout={dropout}: must be in [0, 1)")

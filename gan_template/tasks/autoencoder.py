@@ -139,6 +139,7 @@ class AutoencoderReconstruction(nn.Module):
             kernel_size=kernel,
             reduction="none",
         )
+        assert isinstance(ssim, Tensor)  # one value per image (reduction="none")
         return 1.0 - ssim
 
     def forward(self, outputs: Tensor, targets: Tensor) -> Reported:
@@ -162,7 +163,9 @@ class AdversarialAutoencoder(ImageToImage):
         sample_posterior: train on a sample of the posterior (LDM) or its mean.
     """
 
-    def __init__(self, *args: Any, kl_weight: float = 1e-6, sample_posterior: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, kl_weight: float = 1e-6, sample_posterior: bool = True, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("judge_pairs", False)
         super().__init__(*args, **kwargs)
         for method in ("encode", "decode"):
@@ -178,10 +181,11 @@ class AdversarialAutoencoder(ImageToImage):
         self.sample_posterior = sample_posterior
 
     def translate_for_training(self, inputs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        mean, logvar = self.generator.encode(inputs)
+        autoencoder: Any = self.generator  # checked in __init__: encode and decode
+        mean, logvar = autoencoder.encode(inputs)
         latents = mean
         if self.sample_posterior:
             latents = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
         # KL(N(mean, var) || N(0, 1)), summed over the latent, averaged over the batch (LDM).
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
-        return self.generator.decode(latents), {"kl": self.kl_weight * kl}
+        return autoencoder.decode(latents), {"kl": self.kl_weight * kl}

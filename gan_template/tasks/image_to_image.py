@@ -18,6 +18,7 @@ every rank (and a resumed run) makes it at the same point.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -74,7 +75,7 @@ class ImageToImage(GANModule):
     """
 
     GENERATOR_INPUT = "image"
-    PROGRESS = ("d_loss", "g_loss", "g_rec")
+    PROGRESS: tuple[str, ...] = ("d_loss", "g_loss", "g_rec")
 
     def __init__(
         self,
@@ -102,17 +103,21 @@ class ImageToImage(GANModule):
         if discriminator_start < 0:
             raise ValueError(f"discriminator_start={discriminator_start}: must be >= 0")
         self.reconstruction = reconstruction if reconstruction is not None else nn.L1Loss()
-        self.reconstruction_weight = reconstruction_weight
-        self.adversarial_weight = adversarial_weight
+        # The weights' values at the current iteration (a schedule's are set every iteration).
+        self.reconstruction_weight = 1.0
+        self.adversarial_weight = 1.0
         self.discriminator_start = discriminator_start
         self.adaptive = adaptive_weight
         self.judge_pairs = judge_pairs
-        for name in ("reconstruction_weight", "adversarial_weight"):
-            value = getattr(self, name)
+        weights = {
+            "reconstruction_weight": reconstruction_weight,
+            "adversarial_weight": adversarial_weight,
+        }
+        for name, value in weights.items():
             if isinstance(value, Schedule):
-                self.hyperparameter_schedules.bind_setter(
-                    name, value, lambda v, name=name: setattr(self, name, v)
-                )
+                self.hyperparameter_schedules.bind_setter(name, value, partial(setattr, self, name))
+            else:
+                setattr(self, name, float(value))
         self._discriminator_stepped = False
         if self.generator_ema is not None:
             # Re-estimating BatchNorm statistics feeds the network noise; an image generator
