@@ -85,6 +85,7 @@ def _adaptive_weight_rank(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_adaptive_weight_under_ddp_is_the_global_batchs(tmp_path: Path) -> None:
     """Two gloo processes, each with half the batch, both use the weight a single process
     computes from the whole batch's gradients (summed halves: the ratio of the means)."""
