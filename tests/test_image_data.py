@@ -156,6 +156,23 @@ def test_digits_are_embedded_labelled_and_in_range() -> None:
     assert len(module.dataset) == 1797 and module.num_classes == 10
 
 
+def test_colour_digits_are_the_digits_in_a_colour_of_their_own() -> None:
+    module = ImageDataModule("colour_digits", resolution=16, channels=3, batch_size=16)
+    check_batch(*batch_of(module), channels=3)
+    colour, labels = module.real_samples(1797)
+    digits = ImageDataModule("digits", resolution=16)
+    digits.setup("fit")
+    grey, grey_labels = digits.real_samples(1797)
+    assert torch.equal(labels, grey_labels)
+    # Where the grey digit is brightest the coloured one shows its ink, brighter than its
+    # background (a corner), and the colours differ between images.
+    ink = colour.flatten(2)[torch.arange(1797), :, grey.flatten(1).argmax(1)]
+    background = colour[:, :, 0, 0]
+    assert (ink - background).sum(1).min() > 0 and ink.std(0).min() > 0.1
+    with pytest.raises(ValueError, match=r"data.channels=1: data.name=colour_digits is RGB"):
+        ImageDataModule("colour_digits", channels=1)
+
+
 def test_sixteen_bit_images_are_scaled_by_bit_depth_not_clipped(tmp_path: Path) -> None:
     folder = tmp_path / "images" / "scans"
     folder.mkdir(parents=True)

@@ -3,7 +3,8 @@
 ``digits`` (the default) is scikit-learn's copy of the UCI optical handwritten
 digits (Alpaydin & Kaynak, 1998): 1,797 grey 8x8 images of the digits 0-9 with
 labels, shipped inside scikit-learn, so it needs no download. It is upsampled
-(bilinear, antialiased) to ``resolution``.
+(bilinear, antialiased) to ``resolution``. ``colour_digits`` draws each of them
+in a colour of its own on a background of its own (RGB): a second offline set.
 
 The torchvision datasets (``mnist``, ``fashion_mnist``, ``cifar10``, ``celeba``)
 read torchvision's on-disk layout under ``root`` and download there only with
@@ -31,9 +32,16 @@ from gan_template.data.sampling import training_loader
 from gan_template.harness.errors import DataError
 
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeba")
-DATASETS = ("digits", *TORCHVISION_DATASETS, "folder")
+DATASETS = ("digits", "colour_digits", *TORCHVISION_DATASETS, "folder")
 MAX_UNREADABLE_FRACTION = 0.1
-NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "celeba": 0}
+NUM_CLASSES = {
+    "digits": 10,
+    "colour_digits": 10,
+    "mnist": 10,
+    "fashion_mnist": 10,
+    "cifar10": 10,
+    "celeba": 0,
+}
 
 
 def load_digits_tensor(resolution: int, channels: int) -> tuple[Tensor, Tensor]:
@@ -45,6 +53,24 @@ def load_digits_tensor(resolution: int, channels: int) -> tuple[Tensor, Tensor]:
     images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True)
     images = images.clamp(0, 1).mul(2).sub(1).expand(-1, channels, -1, -1).contiguous()
     return images, torch.as_tensor(digits.target, dtype=torch.long)
+
+
+def load_colour_digits_tensor(resolution: int) -> tuple[Tensor, Tensor]:
+    """The digits, each in a colour of its own on a darker background of its own (RGB, in [-1, 1]).
+
+    A second offline dataset with labels, for checking that recipes tuned on the
+    grey digits hold elsewhere: the generator must now also cover a spread of
+    colours. The ink is drawn from [0.5, 1]^3 and the background from [0, 0.5]^3
+    (the digit stays readable, so the offline classifier still scores it), one
+    pair per image, fixed (seed 0), so every run sees the same data.
+    """
+    images, labels = load_digits_tensor(resolution, 1)
+    ink = (images + 1) / 2
+    generator = torch.Generator().manual_seed(0)
+    foreground = 0.5 + 0.5 * torch.rand(len(images), 3, 1, 1, generator=generator)
+    background = 0.5 * torch.rand(len(images), 3, 1, 1, generator=generator)
+    coloured = background + (foreground - background) * ink
+    return coloured.mul(2).sub(1).contiguous(), labels
 
 
 #: Pillow modes of 16-bit images, read as 0..65535 (and "I", which 16-bit PNGs may open as).
@@ -116,7 +142,7 @@ class ImageDataModule(L.LightningDataModule):
     """Images in [-1, 1] with integer labels, served in shuffled per-rank batches.
 
     Args:
-        name: one of ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``celeba``, ``folder``.
+        name: one of ``digits``, ``colour_digits``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``celeba``, ``folder``.
         root: where the torchvision datasets live (or the image folder for ``folder``).
         resolution: image side in pixels (a power of two for the networks here).
         channels: 1 (grey) or 3 (RGB); images are converted as needed.
@@ -152,6 +178,11 @@ class ImageDataModule(L.LightningDataModule):
             )
         if channels not in (1, 3):
             raise ValueError(f"data.channels={channels} must be 1 (grey) or 3 (RGB)")
+        if name == "colour_digits" and channels != 3:
+            raise ValueError(
+                f"data.channels={channels}: data.name=colour_digits is RGB; set data.channels=3 "
+                "(or use data=colour_digits, which does)"
+            )
         self.name = name
         self.root = Path(root).expanduser()
         self.resolution = resolution
@@ -188,6 +219,8 @@ class ImageDataModule(L.LightningDataModule):
             return
         if self.name == "digits":
             dataset: Dataset = TensorDataset(*load_digits_tensor(self.resolution, self.channels))
+        elif self.name == "colour_digits":
+            dataset = TensorDataset(*load_colour_digits_tensor(self.resolution))
         elif self.name == "folder":
             dataset = self._image_folder()
         else:
