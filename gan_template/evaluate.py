@@ -25,7 +25,6 @@ features (and the offline classifier) first; the other ranks read its cache.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -34,99 +33,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
-from gan_template import models
 from gan_template.harness.checkpoint_io import write_atomically
 from gan_template.harness.errors import UserInputError
-
-#: Batches of images embedded at once (samples and reference).
-BATCH_SIZE = 500
-
-
-class PassThrough(nn.Module):
-    """Features in, features out: torchmetrics' FID and KID take a feature module; ours ran already."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, features: Tensor) -> Tensor:
-        return features
-
-
-def feature_metrics(real: Tensor, fake: Tensor, kid_subset_size: int = 1000) -> dict[str, float]:
-    """FID, KID (mean, std), precision, recall, density and coverage of two feature sets."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    from gan_template.metrics.images import PRDC_NEAREST_K
-    from gan_template.metrics.prdc import precision_recall_density_coverage
-
-    features = PassThrough(real.shape[1])
-    # Every feature is here already (gathered by rank 0 under torchrun): no sync of their own.
-    fid = FrechetInceptionDistance(feature=features, sync_on_compute=False)
-    kid = KernelInceptionDistance(
-        feature=features,
-        subset_size=min(kid_subset_size, len(real), len(fake)),
-        sync_on_compute=False,
-    )
-    for chunk, is_real in [*((c, True) for c in real.split(BATCH_SIZE)), *((c, False) for c in fake.split(BATCH_SIZE))]:  # fmt: skip
-        fid.update(chunk, real=is_real)
-        kid.update(chunk, real=is_real)
-    with torch.random.fork_rng():  # KID draws its subsets from the global generator
-        torch.manual_seed(0)
-        kid_mean, kid_std = kid.compute()
-    prdc = precision_recall_density_coverage(real, fake, *PRDC_NEAREST_K)
-    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)} | {
-        name: float(value) for name, value in prdc.items()
-    }
-
-
-@torch.no_grad()
-def embed(extractor: nn.Module, images: Tensor, device: str) -> Tensor:
-    """Features of images in [-1, 1], on the CPU as float32."""
-    from gan_template.metrics.images import to_unit_range
-
-    return extractor(to_unit_range(images).to(device)).float().cpu()
-
-
-@torch.no_grad()
-def generated_features(
-    generator: nn.Module,
-    extractor: nn.Module,
-    n: int,
-    seed: int,
-    device: str,
-    rank: int = 0,
-    world_size: int = 1,
-) -> dict[int, Tensor]:
-    """Features of this rank's batches of the ``n`` samples, by batch index (no n images held).
-
-    Batch ``b`` draws its noise from a generator seeded by ``(seed, b)``, so a
-    batch's samples do not depend on which rank makes it.
-    """
-    classes = models.num_classes(generator)
-    features = {}
-    for index, start in enumerate(range(0, n, BATCH_SIZE)):
-        if index % world_size != rank:
-            continue
-        count = min(BATCH_SIZE, n - start)
-        rng = torch.Generator().manual_seed(seed * 1_000_003 + index)
-        noise = torch.randn(count, models.latent_dim(generator), generator=rng)
-        labels = (torch.arange(start, start + count) % classes) if classes else None
-        features[index] = embed(extractor, models.generate(generator, noise, labels), device)
-    return features
-
-
-def gathered(features: dict[int, Tensor], world_size: int) -> Tensor:
-    """Every rank's batches of features, in batch order (on every rank)."""
-    parts: list[dict[int, Tensor]] = [features]
-    if world_size > 1:
-        parts = [{} for _ in range(world_size)]
-        dist.all_gather_object(parts, features)
-    merged = {index: chunk for part in parts for index, chunk in part.items()}
-    return torch.cat([merged[index] for index in sorted(merged)])
+from gan_template.metrics.protocol import (
+    feature_metrics,
+    gathered,
+    generated_features,
+    reference_features,
+)
 
 
 def join_ranks(device: str) -> tuple[int, int, str]:
@@ -145,40 +61,6 @@ def join_ranks(device: str) -> tuple[int, int, str]:
     return dist.get_rank(), world_size, device
 
 
-def reference_features(
-    datamodule: Any, extractor: nn.Module, extractor_id: str, cache_dir: Path, device: str
-) -> tuple[Tensor, dict[str, Any]]:
-    """Features of every training image, cached per (data, resolution, channels, extractor)."""
-    from gan_template.callbacks.image_eval import data_fingerprint
-
-    dataset = datamodule.evaluation_dataset
-    images, labels = datamodule.real_samples(len(dataset), seed=0)
-    reference = {
-        "data": datamodule.name,
-        "size": len(images),
-        "resolution": datamodule.resolution,
-        "channels": datamodule.channels,
-        "fingerprint": data_fingerprint(images, labels),
-    }
-    key = hashlib.sha1(json.dumps([reference, extractor_id], sort_keys=True).encode()).hexdigest()[
-        :16
-    ]
-    path = cache_dir / f"reference_{reference['data']}_{key}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True), reference | {"cache": str(path), "cached": True}
-    features = torch.cat([embed(extractor, chunk, device) for chunk in images.split(BATCH_SIZE)])
-    write_atomically(path, lambda file: torch.save(features, file))
-    return features, reference | {"cache": str(path), "cached": False}
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_extractor(args: argparse.Namespace, datamodule: Any) -> None:
     """Refuse an extractor the data cannot have (on every rank, before any waits for another)."""
     if args.feature_extractor == "classifier" and datamodule.num_classes < 2:
@@ -193,29 +75,17 @@ def feature_extractor(
     args: argparse.Namespace, datamodule: Any, cache_dir: Path
 ) -> tuple[nn.Module, dict[str, str]]:
     """The extractor and what identifies it (name and weights), as the JSON records it."""
-    from gan_template.callbacks.image_eval import InceptionFeatures, offline_classifier
-    from gan_template.metrics.classifier import FeatureExtractor
+    from gan_template.metrics.extractors import build_extractor
 
-    if args.feature_extractor == "inception":
-        weights = args.inception_weights
-        identity = {
-            "name": "inception-v3-compat (torch-fidelity)",
-            "weights_sha256": file_sha256(weights) if weights else "downloaded",
-        }
-        return InceptionFeatures(weights).eval(), identity
     check_extractor(args, datamodule)
-    classifier, _ = offline_classifier(datamodule, cache_dir)
-    weights_hash = hashlib.sha256(
-        b"".join(t.numpy().tobytes() for t in classifier.state_dict().values())
-    ).hexdigest()
-    return FeatureExtractor(classifier).eval(), {
-        "name": "offline classifier (gan_template)",
-        "weights_sha256": weights_hash,
-    }
+    return build_extractor(
+        args.feature_extractor, datamodule, cache_dir, args.inception_weights,
+        args.dinov2_weights, args.dinov2_model,
+    )  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from gan_template.callbacks.image_eval import default_cache_dir
+    from gan_template.metrics.extractors import DINOV2_MODEL, EXTRACTORS, default_cache_dir
     from gan_template.sample import positive_int
 
     parser = argparse.ArgumentParser(
@@ -231,9 +101,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples' noise")
     parser.add_argument(
-        "--feature-extractor", choices=("classifier", "inception"), default="classifier"
-    )
+        "--reference-samples", type=positive_int, default=None,
+        help="real images to compare with, a subset fixed by --seed (default: every one)",
+    )  # fmt: skip
+    parser.add_argument("--feature-extractor", choices=EXTRACTORS, default="classifier")
     parser.add_argument("--inception-weights", help="local Inception-v3 weights file (no download)")
+    parser.add_argument(
+        "--dinov2-weights", help="local DINOv2 weights file, for --feature-extractor dinov2"
+    )
+    parser.add_argument("--dinov2-model", default=DINOV2_MODEL, help="timm's name of the network")
     parser.add_argument("--kid-subset-size", type=positive_int, default=1000)
     parser.add_argument("--no-ema", action="store_true", help="the raw generator, not its EMA")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -247,8 +123,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", type=Path, default=None, help="the JSON (default: <run dir>/evaluation_<n>.json)"
     )
     args = parser.parse_args(argv)
-    if args.inception_weights is not None and not Path(args.inception_weights).is_file():
-        parser.error(f"--inception-weights {args.inception_weights} is not a file")
+    for option in ("inception_weights", "dinov2_weights"):
+        path = getattr(args, option)
+        if path is not None and not Path(path).is_file():
+            parser.error(f"--{option.replace('_', '-')} {path} is not a file")
     args.cache_dir = (args.cache_dir or default_cache_dir()).expanduser()
     return args
 
@@ -284,14 +162,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         extractor.to(args.device)
         real, reference = reference_features(
             datamodule, extractor, json.dumps(extractor_id, sort_keys=True), args.cache_dir,
-            args.device,
+            args.device, n=args.reference_samples, seed=args.seed,
         )  # fmt: skip
         if rank == 0 and world_size > 1:
             dist.barrier()
         shard = generated_features(
-            generator, extractor, args.n, args.seed, args.device, rank, world_size
+            generator, {"features": extractor}, args.n, args.seed, args.device, rank, world_size
         )
-        fake = gathered(shard, world_size)
+        fake = gathered(shard, world_size)["features"]
     except UserInputError as error:
         print(f"gan_template.evaluate: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -34,6 +34,23 @@ def test_fid_of_features_matches_the_formula_and_is_zero_for_identical_sets() ->
     assert abs(same["fid"]) < 1e-6 and same["precision"] == same["recall"] == 1.0
 
 
+def test_fid_of_features_is_torchmetrics_fid_of_the_images() -> None:
+    """Embedding once and passing features on changes nothing against torchmetrics' own use."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from gan_template.metrics.protocol import embed
+
+    torch.manual_seed(0)
+    extractor = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 24))
+    extractor.num_features = 24  # type: ignore[assignment]
+    real, fake = torch.rand(300, 3, 8, 8) * 2 - 1, torch.rand(300, 3, 8, 8) * 1.6 - 0.9
+    reference = FrechetInceptionDistance(feature=extractor, normalize=True)
+    reference.update((real + 1) / 2, real=True)
+    reference.update((fake + 1) / 2, real=False)
+    ours = feature_metrics(embed(extractor, real, "cpu"), embed(extractor, fake, "cpu"), 100)
+    assert ours["fid"] == pytest.approx(float(reference.compute()), rel=1e-6)
+
+
 def test_a_checkpoint_is_evaluated_against_the_cached_training_set_and_the_protocol_recorded(
     digits_run: dict, tmp_path: Path
 ) -> None:
@@ -55,28 +72,85 @@ def test_a_checkpoint_is_evaluated_against_the_cached_training_set_and_the_proto
 
 
 def test_the_reference_cache_is_keyed_by_the_data_itself(tmp_path: Path) -> None:
-    class Data:  # what reference_features reads of a data module
-        name, resolution, channels = "folder", 8, 1
+    from PIL import Image
 
-        def __init__(self, images: torch.Tensor) -> None:
-            self.images, self.evaluation_dataset = images, images
+    from gan_template.data.images import ImageDataModule
 
-        def real_samples(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.images[:n], torch.zeros(min(n, len(self.images)), dtype=torch.long)
+    folder = tmp_path / "images" / "all"
+    folder.mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
 
-    extractor = torch.nn.Flatten()
-    images = torch.rand(40, 1, 8, 8) * 2 - 1
-    first, info = reference_features(Data(images), extractor, "flatten", tmp_path, "cpu")
-    again, info_again = reference_features(
-        Data(images.clone()), extractor, "flatten", tmp_path, "cpu"
-    )
+    def data() -> ImageDataModule:  # a fresh module, as a new process would build it
+        module = ImageDataModule("folder", root=str(tmp_path / "images"), resolution=8)
+        module.setup("fit")
+        return module
+
+    extractor, cache = torch.nn.Flatten(), tmp_path / "cache"
+    first, info = reference_features(data(), extractor, "flatten", cache, "cpu")
+    again, info_again = reference_features(data(), extractor, "flatten", cache, "cpu")
     assert not info["cached"] and info_again["cached"] and torch.equal(first, again)
-    changed = images.clone()
-    changed[0] = -changed[0]  # one image differs: another reference set
-    _, info_changed = reference_features(Data(changed), extractor, "flatten", tmp_path, "cpu")
+    assert info["size"] == 40 and first.shape == (40, 64)
+    Image.fromarray(255 - pixels[7]).save(folder / "07.png")  # one image changes
+    changed, info_changed = reference_features(data(), extractor, "flatten", cache, "cpu")
     assert not info_changed["cached"] and info_changed["cache"] != info["cache"]
-    _, other_extractor = reference_features(Data(images), extractor, "another", tmp_path, "cpu")
+    assert not torch.equal(changed, first)
+    _, other_extractor = reference_features(data(), extractor, "another", cache, "cpu")
     assert not other_extractor["cached"]
+    subset, info_subset = reference_features(data(), extractor, "flatten", cache, "cpu", n=10)
+    assert len(subset) == 10 and not info_subset["cached"]
+
+
+def test_the_evaluation_during_training_is_this_protocol_at_a_smaller_n(
+    digits_run: dict, tmp_path: Path
+) -> None:
+    """The run's own final image/* figures are evaluate's, given its N, seed and reference."""
+    ckpt = Path(digits_run["run_dir"]) / "checkpoints" / "last.ckpt"
+    from gan_template.callbacks.image_eval import ImageQualityEvaluation
+
+    settings = digits_run["cfg"].callbacks.image_eval
+    seed = settings.get("seed", ImageQualityEvaluation().seed)
+    record = main(
+        [
+            str(ckpt), "--n", str(settings.num_samples), "--seed", str(seed),
+            "--reference-samples", str(settings.reference_samples),
+            "--kid-subset-size", str(settings.kid_subset_size), "--out", str(tmp_path / "e.json"),
+        ]
+    )  # fmt: skip
+    final = json.loads((Path(digits_run["run_dir"]) / "final_metrics.json").read_text())
+    for name, value in record["metrics"].items():
+        assert final[f"image/{name}"] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+
+
+def test_fd_dinov2_runs_offline_from_a_local_weights_file(digits_run: dict, tmp_path: Path) -> None:
+    """DINOv2 (random weights of the small ViT, saved to a file) through the whole protocol."""
+    import timm
+
+    from gan_template.metrics.extractors import DINOv2Features
+    from gan_template.metrics.protocol import file_sha256
+
+    model = "vit_small_patch14_dinov2"
+    net = timm.create_model(model, pretrained=False, num_classes=0, img_size=224)
+    weights = tmp_path / "dinov2_random.pth"
+    torch.save(net.state_dict(), weights)
+    extractor = DINOv2Features(str(weights), model)
+    for name, tensor in net.state_dict().items():  # every weight read from the file
+        assert torch.equal(extractor.net.state_dict()[name], tensor), name
+    assert extractor(torch.rand(2, 1, 16, 16)).shape == (2, 384)
+
+    ckpt = Path(digits_run["run_dir"]) / "checkpoints" / "last.ckpt"
+    record = main(
+        [
+            str(ckpt), "--feature-extractor", "dinov2", "--dinov2-weights", str(weights),
+            "--dinov2-model", model, "--n", "24", "--reference-samples", "24",
+            "--kid-subset-size", "12", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "fd_dinov2.json"),
+        ]
+    )  # fmt: skip
+    extractor_id = record["protocol"]["extractor"]
+    assert model in extractor_id["name"] and extractor_id["weights_sha256"] == file_sha256(weights)
+    assert all(np.isfinite(value) for value in record["metrics"].values())
 
 
 def test_a_toy_checkpoint_is_refused_with_a_message(

@@ -142,7 +142,7 @@ def test_the_default_recipe_trained_1500_iterations_beats_untrained_and_collapse
 
 
 def test_cached_classifiers_are_keyed_by_the_data_not_only_its_name() -> None:
-    from gan_template.callbacks.image_eval import data_fingerprint
+    from gan_template.metrics.extractors import data_fingerprint
 
     images, labels = torch.rand(300, 1, 8, 8), torch.randint(0, 10, (300,))
     same = data_fingerprint(images.clone(), labels.clone())

@@ -19,15 +19,10 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from torchvision.utils import save_image
 
-from gan_template.callbacks.image_eval import (
-    InceptionFeatures,
-    default_cache_dir,
-    offline_classifier,
-)
 from gan_template.callbacks.periodic import EveryNIterations
 from gan_template.harness.errors import ConfigError
 from gan_template.harness.loggers import log_at_iteration, log_image
-from gan_template.metrics.classifier import FeatureExtractor
+from gan_template.metrics.extractors import build_extractor, default_cache_dir
 from gan_template.metrics.images import fid_kid, to_unit_range
 from gan_template.module import GANModule
 from gan_template.tasks.image_to_image import ImageToImage
@@ -111,14 +106,13 @@ class TranslationEvaluation(EveryNIterations):
                 "inception (callbacks.translation.inception_weights=<file> works offline)"
             )
 
-    def _features(self, trainer: L.Trainer) -> nn.Module:
+    def _features(self, trainer: L.Trainer, device: torch.device) -> nn.Module:
         if self._extractor is None:
-            if self.feature_extractor == "inception":
-                self._extractor = InceptionFeatures(self.inception_weights)
-            else:
-                datamodule = trainer.datamodule  # type: ignore[attr-defined]
-                classifier, _ = offline_classifier(datamodule, self.cache_dir)
-                self._extractor = FeatureExtractor(classifier)
+            datamodule = trainer.datamodule  # type: ignore[attr-defined]
+            self._extractor, _ = build_extractor(
+                self.feature_extractor, datamodule, self.cache_dir, self.inception_weights
+            )
+            self._extractor.to(device)
         return self._extractor
 
     @torch.no_grad()
@@ -127,7 +121,9 @@ class TranslationEvaluation(EveryNIterations):
         inputs, targets = trainer.datamodule.validation_pairs(self.num_pairs)  # type: ignore[attr-defined]
         outputs = cast(ImageToImage, pl_module).translate(inputs)  # checked by setup
         result = translation_metrics(outputs, targets)
-        result |= fid_kid(self._features(trainer), targets, outputs, self.kid_subset_size)
+        result |= fid_kid(
+            self._features(trainer, pl_module.device), targets, outputs, self.kid_subset_size
+        )
         self.last_metrics = {f"val/{name}": value for name, value in result.items()}
         log_at_iteration(trainer.loggers, self.last_metrics, pl_module.iteration)
         if trainer.is_global_zero:

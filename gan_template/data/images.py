@@ -17,7 +17,10 @@ Every image is resized and centre-cropped to ``resolution``, converted to
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -343,16 +346,47 @@ class ImageDataModule(L.LightningDataModule):
         Drawn from every image, also when training sees only ``limit`` of them:
         quality is measured against the data distribution, not the subset.
         """
+        batches = list(self.real_batches(n, seed, batch_size=max(1, n)))
+        return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+    def real_batches(
+        self, n: int | None, seed: int = 0, batch_size: int = 500
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``real_samples(n, seed)`` a batch at a time, read as they are used (None: every image).
+
+        What the evaluation of 50,000 samples against a whole folder streams
+        through its feature extractor in bounded memory (``metrics/protocol.py``).
+        """
         dataset = self.evaluation_dataset
         assert dataset is not None, "setup() must run first"
         count = len(dataset)  # type: ignore[arg-type]
-        indices = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[
-            : min(n, count)
-        ]
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+        indices = order if n is None else order[: min(n, count)]
         if isinstance(dataset, TensorDataset):
             images, labels = dataset.tensors
-            return images[indices], labels[indices]
-        items = [dataset[int(i)] for i in indices]
-        return torch.stack([image for image, _ in items]), torch.tensor(
-            [int(label) for _, label in items]
+            for chunk in indices.split(batch_size):
+                yield images[chunk], labels[chunk]
+            return
+        subset = Subset(dataset, indices.tolist())
+        for images, labels in DataLoader(subset, batch_size, num_workers=self.num_workers):
+            yield images, torch.as_tensor(labels, dtype=torch.long)
+
+    def real_fingerprint(self, n: int | None, seed: int = 0) -> str:
+        """A short hash of what ``real_batches(n, seed)`` yields, cheap to compute.
+
+        Its size and shape, the files' names, sizes and modification times (an
+        image folder), and 256 of the images themselves: a cached reference is
+        reused only for the same data.
+        """
+        dataset = self.evaluation_dataset
+        assert dataset is not None, "setup() must run first"
+        digest = hashlib.sha1(
+            f"{self.name} {len(dataset)} {n} {seed} {self.sample_shape}".encode()  # type: ignore[arg-type]
         )
+        for path, label in getattr(dataset, "samples", None) or []:  # ImageFolder's files
+            stat = os.stat(path)
+            digest.update(f"{path} {label} {stat.st_size} {stat.st_mtime_ns}".encode())
+        images, labels = next(self.real_batches(256, seed=1_234_567, batch_size=256))
+        digest.update(images.contiguous().numpy().tobytes())
+        digest.update(labels.numpy().tobytes())
+        return digest.hexdigest()[:16]

@@ -16,6 +16,7 @@ for every other run.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ class LatentDataModule(L.LightningDataModule):
         root: str | None = None,
     ) -> None:
         super().__init__()
-        from gan_template.callbacks.image_eval import default_cache_dir
+        from gan_template.metrics.extractors import default_cache_dir
 
         self.autoencoder_path = Path(autoencoder).expanduser()
         network, ae_cfg = load_autoencoder(autoencoder)
@@ -161,7 +162,7 @@ class LatentDataModule(L.LightningDataModule):
     # ---- encoding, once ------------------------------------------------------------------
 
     def cache_path(self, images: Tensor) -> Path:
-        from gan_template.callbacks.image_eval import data_fingerprint
+        from gan_template.metrics.extractors import data_fingerprint
 
         fingerprint = data_fingerprint(images, torch.zeros(0, dtype=torch.long))
         name = f"latents_v{CACHE_VERSION}_{file_hash(self.autoencoder_path)}_{fingerprint}.pt"
@@ -225,3 +226,12 @@ class LatentDataModule(L.LightningDataModule):
     def real_samples(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
         """``n`` real *images* and labels: evaluations compare decoded samples with these."""
         return self.images.real_samples(n, seed)
+
+    def real_batches(
+        self, n: int | None, seed: int = 0, batch_size: int = 500
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The real *images*, a batch at a time (``ImageDataModule.real_batches``)."""
+        return self.images.real_batches(n, seed, batch_size)
+
+    def real_fingerprint(self, n: int | None, seed: int = 0) -> str:
+        return self.images.real_fingerprint(n, seed)

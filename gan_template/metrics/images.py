@@ -14,7 +14,6 @@ confident images' class histogram against the data's.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -61,39 +60,18 @@ PRDC_NEAREST_K = (3, 5)
 
 
 def fid_kid(
-    extractor: nn.Module,
-    real: Tensor,
-    fake: Tensor,
-    kid_subset_size: int = 500,
-    precision_recall_k: int = PRDC_NEAREST_K[0],
-    density_coverage_k: int = PRDC_NEAREST_K[1],
+    extractor: nn.Module, real: Tensor, fake: Tensor, kid_subset_size: int = 500
 ) -> dict[str, float]:
     """FID, KID (mean, std), precision, recall, density and coverage of two sets of images in [-1, 1].
 
-    All in ``extractor``'s feature space. Each metric runs the extractor itself
-    (torchmetrics' FID and KID take the network, not features).
+    All in ``extractor``'s feature space, each image embedded once
+    (``metrics/protocol.py``, which the evaluations use on streams of batches).
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
+    from gan_template.metrics.protocol import BATCH_SIZE, embed, feature_metrics
 
-    from gan_template.metrics.prdc import PrecisionRecallDensityCoverage
+    device = next(extractor.parameters(), torch.empty(0)).device
 
-    subset = min(kid_subset_size, len(real), len(fake))
-    fid = FrechetInceptionDistance(feature=extractor, normalize=True)
-    with warnings.catch_warnings():
-        # KID keeps all features in memory, which is the point: a few thousand at most here.
-        warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        kid = KernelInceptionDistance(feature=extractor, normalize=True, subset_size=subset)
-    prdc = PrecisionRecallDensityCoverage(extractor, precision_recall_k, density_coverage_k)
-    for images, is_real in ((real, True), (fake, False)):
-        for chunk in to_unit_range(images).split(500):
-            fid.update(chunk, real=is_real)
-            kid.update(chunk, real=is_real)
-            prdc.update(chunk, real=is_real)
-    kid_mean, kid_std = kid.compute()
-    return {
-        "fid": float(fid.compute()),
-        "kid_mean": float(kid_mean),
-        "kid_std": float(kid_std),
-        **prdc.compute(),
-    }
+    def features(images: Tensor) -> Tensor:
+        return torch.cat([embed(extractor, chunk, device) for chunk in images.split(BATCH_SIZE)])
+
+    return feature_metrics(features(real), features(fake), kid_subset_size)
