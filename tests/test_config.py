@@ -59,9 +59,10 @@ def test_every_experiment_trains_a_few_iterations(make_config, experiment: str) 
     smaller = "data.num_samples=4096" if toy else "callbacks.image_eval.num_samples=256"
     if experiment in ("pix2pix_digits", "autoencoder_digits"):
         smaller = "callbacks.translation.num_pairs=64"
-    cfg = make_config(f"experiment={experiment}", "train.iterations=3", smaller)
+    # One iteration runs every update of the recipe (n_critic of them), its callbacks and saves.
+    cfg = make_config(f"experiment={experiment}", "train.iterations=1", smaller)
     result = run(cfg)
-    assert result["iteration"] == 3
+    assert result["iteration"] == 1
     run_dir = Path(cfg.paths.run_dir)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "metrics.csv").is_file()

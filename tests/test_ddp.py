@@ -117,3 +117,34 @@ def test_two_ranks_resuming_a_one_process_checkpoint_draw_their_own_latents(
     assert [r["iteration"] for r in reports] == [8, 8]
     assert reports[0]["rng_sha256"] != reports[1]["rng_sha256"]
     assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_the_evaluation_during_training_is_sharded_over_ranks_and_gives_one_process_figures(
+    tmp_path: Path,
+) -> None:
+    """2 ranks split the samples (3 batches: ranks 0, 1, 0) and gather them: evaluate's figures."""
+    from gan_template.evaluate import main as evaluate
+
+    run_dir = tmp_path / "run"
+    run_ddp(
+        run_dir,
+        "train.iterations=4",
+        "data.batch_size=16",
+        "callbacks.image_eval.every_n_iterations=0",
+        "callbacks.image_eval.num_samples=1100",
+        "callbacks.image_eval.kid_subset_size=200",
+        "callbacks.sample_grid.every_n_iterations=0",
+        "callbacks.sample_grid.interpolation_rows=0",
+        experiment="dcgan",
+    )
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    single = evaluate(
+        [
+            str(run_dir / "checkpoints" / "last.ckpt"), "--n", "1100", "--seed", "2024",
+            "--reference-samples", "1000", "--kid-subset-size", "200",
+            "--out", str(tmp_path / "single.json"),
+        ]
+    )  # fmt: skip
+    for name, value in single["metrics"].items():
+        assert final[f"image/{name}"] == pytest.approx(value, rel=1e-5), name

@@ -187,4 +187,7 @@ def test_two_processes_under_torchrun_give_the_single_process_figures(
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["protocol"]["processes"] == 2 and single["protocol"]["processes"] == 1
-    assert two["metrics"] == single["metrics"]  # 3 batches: ranks 0, 1, 0
+    # 3 batches: ranks 0, 1, 0. The same features; KID's float32 kernel sums in another
+    # order under torchrun (which sets OMP_NUM_THREADS=1), hence the tolerance.
+    for name, value in single["metrics"].items():
+        assert two["metrics"][name] == pytest.approx(value, rel=1e-5), name
