@@ -68,6 +68,28 @@ def row(label: str, results: list[dict]) -> str:
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
+def summary(by_setting: dict[str, dict[str, list[dict]]], slow: str) -> str:
+    """One table: each recipe's FID and recall (mean ± std over seeds) in every setting."""
+    settings = list(by_setting)
+    recipes = list(dict.fromkeys(r for results in by_setting.values() for r in results))
+    lines = [
+        "| recipe | " + " | ".join(f"{s}: FID | {s}: recall" for s in settings) + " |",
+        "|---|" + "---|---|" * len(settings),
+    ]
+    for recipe in recipes:
+        cells = []
+        for setting in settings:
+            rs = by_setting[setting].get(recipe)
+            cells += (
+                [spread([r["fid"] for r in rs], 1), spread([r["recall"] for r in rs], 2)]
+                if rs
+                else ["-", "-"]
+            )
+        label = f"dcgan for {slow}'s time" if recipe == "dcgan_equal_time" else recipe
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,6 +109,7 @@ def main() -> None:
     started = time.perf_counter()
 
     tables = []
+    by_setting: dict[str, dict[str, list[dict]]] = {}
     for setting in args.settings:
         results: dict[str, list[dict]] = {}
         # What a run costs besides its iterations (start-up, the offline classifier, the
@@ -139,7 +162,9 @@ def main() -> None:
             lines.append(row(label, rs))
         tables.append("\n".join(lines))
         print(tables[-1], flush=True)
+        by_setting[setting] = results
     print("\n".join(tables))
+    print(summary(by_setting, args.equal_time_to))
     print(f"\n{time.perf_counter() - started:.0f} s in all; runs kept in {args.out}")
 
 

@@ -152,3 +152,27 @@ def test_too_few_iterations_to_time_is_refused(tmp_path: Path, script: str) -> N
     refused = benchmark(tmp_path, script, "--iterations", "10", "--warmup", "10")
     assert refused.returncode == 2
     assert "--iterations 10 must" in refused.stderr and "--warmup" in refused.stderr
+
+
+def test_the_robustness_study_reuses_finished_runs_and_summarises_over_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupted study started again reruns only what changed; the table is mean ± std."""
+    study = load_benchmark("robustness_study")
+    ran: list[list[str]] = []
+
+    def training_run(overrides: list[str], run_dir: Path, section: str) -> dict:
+        ran.append(overrides)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return {"fid": 10.0 + len(ran), "recall": 0.5, "seconds": 1.0}
+
+    monkeypatch.setattr(study, "training_run", training_run)
+    first = study.run_once("colour/dcgan_seed0", ["experiment=dcgan", "seed=0"], tmp_path)
+    again = study.run_once("colour/dcgan_seed0", ["experiment=dcgan", "seed=0"], tmp_path)
+    assert again == first and len(ran) == 1  # read back, not run again
+    other = study.run_once("colour/dcgan_seed0", ["experiment=dcgan", "seed=1"], tmp_path)
+    assert len(ran) == 2 and other["fid"] == 12.0  # other overrides: run afresh
+    table = study.summary(
+        {"colour": {"dcgan": [{"fid": 10.0, "recall": 0.8}, {"fid": 12.0, "recall": 0.9}]}}, ""
+    )
+    assert "| dcgan | 11.0 ± 1.4 | 0.85 ± 0.07 |" in table
