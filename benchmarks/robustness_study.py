@@ -2,6 +2,7 @@
 
     python benchmarks/robustness_study.py --out outputs/robustness              # the README's table
     python benchmarks/robustness_study.py --recipes dcgan r3gan --settings colour --seeds 0 1 2
+    python benchmarks/robustness_study.py --settings colour --figure dcgan_seed0 r3gan_seed0
 
 The recipes were tuned on the grey digits at 16 px (all 1,797 images). Each
 setting here changes one thing a user's data changes: how much of it there is
@@ -90,6 +91,32 @@ def summary(by_setting: dict[str, dict[str, list[dict]]], slow: str) -> str:
     return "\n".join(lines)
 
 
+def figure(root: Path, setting: str, runs: list[str], out: Path) -> None:
+    """The data beside each run's final sample grid (``samples/grid_last.png``), labelled."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import save_image
+
+    from gan_template.data.images import ImageDataModule
+
+    data = ImageDataModule(name="colour_digits", channels=3) if setting == "colour" else None
+    data = data or ImageDataModule(resolution=32 if setting == "res32" else 16)
+    data.setup("fit")
+    real = root / setting / "data.png"
+    save_image(data.real_samples(100, seed=1)[0] * 0.5 + 0.5, real, nrow=10, pad_value=1.0)
+    panels = [(real, "data")] + [
+        (root / setting / r / "samples" / "grid_last.png", r) for r in runs
+    ]
+    images = [Image.open(path).convert("RGB") for path, _ in panels]
+    side = max(image.height for image in images) * 2
+    canvas = Image.new("RGB", ((side + 10) * len(images) - 10, side + 24), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (image, (_, label)) in enumerate(zip(images, panels, strict=True)):
+        canvas.paste(image.resize((side, side), Image.Resampling.NEAREST), (i * (side + 10), 24))
+        draw.text((i * (side + 10) + 4, 5), label, fill="black")
+    canvas.save(out)
+    print(f"Wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,8 +130,17 @@ def main() -> None:
         help="DCGAN also runs as long as this recipe did ('' for none)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("outputs/robustness"))
+    parser.add_argument(
+        "--figure", nargs="+", metavar="RUN",
+        help="only draw the data beside these finished runs of the first setting "
+        "(e.g. dcgan_seed0 r3gan_seed0) into --figure-out",
+    )  # fmt: skip
+    parser.add_argument("--figure-out", type=Path, default=Path("robustness.png"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
+    if args.figure:
+        figure(args.out, args.settings[0], args.figure, args.figure_out)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
