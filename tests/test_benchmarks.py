@@ -133,6 +133,7 @@ def test_documented_command_runs_every_kind_and_the_profile(tmp_path: Path) -> N
 SMALL = ["--iterations", "10", "--warmup", "2", "--repeats", "1"]
 
 
+@pytest.mark.slow  # 10 s; the documented vs_plain_loop command stays in the default suite
 def test_fast_paths_runs(tmp_path: Path) -> None:
     fast = benchmark(tmp_path, "fast_paths", "--recipe", "toy", *SMALL, "--only", "foreach Adam")
     assert fast.returncode == 0, fast.stderr[-3000:]

@@ -94,6 +94,7 @@ def test_a_refused_job_stops_the_sweep_with_a_summary_of_every_job_so_far(
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # 15 s: a multirun of 2-process jobs (the default suite's time budget)
 def test_ddp_multirun_keeps_every_rank_in_its_jobs_folder(tmp_path: Path) -> None:
     # Lightning starts rank 1 by re-running the command line; with -m that was a
     # second sweep in a second folder. Here each job starts its own rank 1.
@@ -181,6 +182,7 @@ def test_two_workers_fill_one_study_without_duplicate_or_lost_trials(
     assert all(ran), "both workers ran trials"  # at the same time: each trial is seconds long
 
 
+@pytest.mark.slow  # a restart after kills: one of the contract studies
 def test_a_study_whose_workers_were_all_killed_is_completed_by_a_restart(tmp_path: Path) -> None:
     sweep, storage = tmp_path / "sweep", f"sqlite:///{tmp_path / 'optuna.db'}"
     settings = ["hydra.sweeper.n_trials=6", "train.iterations=100000", "hydra.sweeper.heartbeat_s=0.5",
