@@ -174,6 +174,7 @@ class ImageQualityEvaluation(EveryNIterations):
             self.inception_weights,
             self.dinov2_weights,
             self.dinov2_model,
+            classifier=self._classifier,  # loaded above: not a second time
         )
         self._extractor.to(device)
         # Rank 0 embeds the reference set into the cache first; the others then read it.

@@ -151,8 +151,12 @@ def build_extractor(
     inception_weights: str | None = None,
     dinov2_weights: str | None = None,
     dinov2_model: str = DINOV2_MODEL,
+    classifier: SmallClassifier | None = None,
 ) -> tuple[nn.Module, dict[str, str]]:
-    """The extractor ``name`` in eval mode, and what identifies it (name and weights' hash)."""
+    """The extractor ``name`` in eval mode, and what identifies it (name and weights' hash).
+
+    ``classifier``: the data's offline classifier when the caller has loaded it already.
+    """
     if name == "dinov2":
         identity = {
             "name": f"dinov2 {dinov2_model} (timm), class token at {DINOV2_SIDE} px",
@@ -173,7 +177,8 @@ def build_extractor(
             f"and data.name={datamodule.name} has {datamodule.num_classes}; use the Inception "
             "features instead (a local weights file works offline)"
         )
-    classifier, _ = offline_classifier(datamodule, cache_dir)
+    if classifier is None:
+        classifier, _ = offline_classifier(datamodule, cache_dir)
     return FeatureExtractor(classifier).eval(), {
         "name": "offline classifier (gan_template)",
         "weights_sha256": weights_sha256(classifier),
