@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from gan_template.data.sampling import training_loader
+from gan_template.data.sampling import train_dataloader_of
 from gan_template.harness.errors import DataError
 
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeba")
@@ -330,15 +330,7 @@ class ImageDataModule(L.LightningDataModule):
     # ---- serving it ---------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        assert self.dataset is not None, "setup() must run first"
-        return training_loader(
-            self.dataset,
-            self.batch_size * self.batches_per_iteration,
-            self.data_seed,
-            self.trainer,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
+        return train_dataloader_of(self)
 
     def real_samples(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
         """``n`` real images and labels (fixed by ``seed``), for metrics.

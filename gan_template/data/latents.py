@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gan_template.data.images import ImageDataModule
-from gan_template.data.sampling import training_loader
+from gan_template.data.sampling import train_dataloader_of
 from gan_template.harness.checkpoint_io import write_atomically
 from gan_template.harness.errors import DataError
 
@@ -213,15 +213,7 @@ class LatentDataModule(L.LightningDataModule):
             self.dataset = TensorDataset(*(t[chosen] for t in full.tensors))
 
     def train_dataloader(self) -> DataLoader:
-        assert self.dataset is not None, "setup() must run first"
-        return training_loader(
-            self.dataset,
-            self.batch_size * self.batches_per_iteration,
-            self.data_seed,
-            self.trainer,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
+        return train_dataloader_of(self)
 
     def real_samples(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
         """``n`` real *images* and labels: evaluations compare decoded samples with these."""

@@ -33,7 +33,7 @@ from gan_template.data.images import (
     load_digits_tensor,
     load_image,
 )
-from gan_template.data.sampling import training_loader
+from gan_template.data.sampling import train_dataloader_of
 from gan_template.harness.errors import DataError
 
 CORRUPTIONS = ("mask_bottom", "mask_right", "none")
@@ -237,15 +237,7 @@ class PairedImageDataModule(L.LightningDataModule):
         return torch.utils.data.Subset(dataset, chosen.tolist())
 
     def train_dataloader(self) -> DataLoader:
-        assert self.dataset is not None, "setup() must run first"
-        return training_loader(
-            self.dataset,
-            self.batch_size * self.batches_per_iteration,
-            self.data_seed,
-            self.trainer,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
+        return train_dataloader_of(self)
 
     def validation_pairs(self, n: int | None = None) -> tuple[Tensor, Tensor]:
         """The first ``n`` held-out pairs (all: None), as ``(inputs, targets)``."""

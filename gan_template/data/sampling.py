@@ -142,3 +142,20 @@ def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
     """
     for stop in stop_signals():
         signal.signal(stop, signal.SIG_IGN)
+
+
+def train_dataloader_of(datamodule: Any) -> DataLoader:
+    """``train_dataloader()`` of the data modules here (images, pairs, latents).
+
+    Each holds ``dataset`` (after ``setup``), ``batch_size``, ``batches_per_iteration``
+    (set by the harness), ``data_seed``, ``num_workers`` and ``pin_memory``.
+    """
+    assert datamodule.dataset is not None, "setup() must run first"
+    return training_loader(
+        datamodule.dataset,
+        datamodule.batch_size * datamodule.batches_per_iteration,
+        datamodule.data_seed,
+        datamodule.trainer,
+        num_workers=datamodule.num_workers,
+        pin_memory=datamodule.pin_memory,
+    )
