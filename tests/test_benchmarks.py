@@ -112,7 +112,7 @@ def benchmark(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedPr
 
 
 def test_documented_command_runs_every_kind_and_the_profile(tmp_path: Path) -> None:
-    small = ["--recipe", "toy", "--iterations", "30", "--warmup", "5"]
+    small = ["--recipe", "toy", "--iterations", "10", "--warmup", "2"]
     table = benchmark(tmp_path, "vs_plain_loop", *small, "--repeats", "1", "--in-process")
     assert table.returncode == 0, table.stderr[-3000:]
     rows = {line.split()[0]: line.split() for line in table.stdout.splitlines() if line.strip()}

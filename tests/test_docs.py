@@ -116,6 +116,8 @@ def test_every_command_of_the_page_runs(project_with_examples: Path) -> None:
             assert [v for v in values if v], "eval/sliced_wasserstein was never logged"
 
 
+@pytest.mark.ddp
+@pytest.mark.slow  # four runs of the example, one of them 2-process DDP: about 23 s
 def test_the_bigan_example_gets_the_harness_guarantees(project_with_examples: Path) -> None:
     """A user's algorithm (a third network, a training_step of its own): under 2-process DDP
     the ranks end identical and a skip injected on rank 1 skips both; N iterations, then a
