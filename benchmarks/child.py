@@ -26,6 +26,10 @@ def run_child(command: list[str], env: Mapping[str, str] | None = None) -> str:
     return done.stdout
 
 
+#: What :func:`training_run` adds to a run's overrides (besides its run directory).
+RUN_OVERRIDES = ["trainer.enable_progress_bar=false"]
+
+
 def training_run(overrides: list[str], run_dir: Path, section: str) -> dict:
     """``python -m gan_template <overrides>`` in ``run_dir``; its final metrics and run time.
 
@@ -35,8 +39,8 @@ def training_run(overrides: list[str], run_dir: Path, section: str) -> dict:
     The command is the one a user would type, so studies measure what users get.
     """
     command = [
-        sys.executable, "-m", "gan_template", *overrides,
-        "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+        sys.executable, "-m", "gan_template", *overrides, *RUN_OVERRIDES,
+        f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     start = time.perf_counter()
     run_child(command)

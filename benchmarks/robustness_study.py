@@ -32,7 +32,7 @@ import statistics
 import time
 from pathlib import Path
 
-from child import training_run
+from child import RUN_OVERRIDES, training_run
 
 RECIPES = ["dcgan", "wgan_gp", "sngan", "r1", "relativistic", "r3gan"]
 SETTINGS = {
@@ -43,14 +43,42 @@ SETTINGS = {
 COLUMNS = ["fid", "precision", "recall", "coverage", "seconds"]
 
 
+def composed_config(overrides: list[str]) -> str:
+    """The config ``python -m gan_template <overrides>`` composes now (unresolved YAML).
+
+    A run's ``.hydra/config.yaml`` is the same text: a recipe whose YAML (or a
+    default it reads) changed since the run no longer matches it. Changes to
+    the code alone are not seen: clear ``--out`` after them.
+    """
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from gan_template.__main__ import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return OmegaConf.to_yaml(compose("config", overrides=[*overrides, *RUN_OVERRIDES]))
+
+
 def run_once(name: str, overrides: list[str], root: Path) -> dict:
-    """One training run, or the result of the same run finished earlier."""
+    """One training run, or the result of the same run finished earlier.
+
+    The same run: the same overrides, and the config they compose to now is the
+    one the run trained with (a recipe changed since is run again).
+    """
+    from omegaconf import OmegaConf
+
     run_dir = root / name
     record = run_dir / "study.json"
     if record.is_file():
         kept = json.loads(record.read_text())
-        if kept["overrides"] == overrides:
+        trained_with = run_dir / ".hydra" / "config.yaml"
+        if (
+            kept["overrides"] == overrides
+            and trained_with.is_file()
+            and OmegaConf.to_yaml(OmegaConf.load(trained_with)) == composed_config(overrides)
+        ):
             return kept["result"]
+        print(f"{name}: its overrides or its recipe changed since it ran: running it again")
     result = training_run(overrides, run_dir, "image")
     record.write_text(json.dumps({"overrides": overrides, "result": result}, indent=1))
     return result

@@ -158,13 +158,16 @@ def test_too_few_iterations_to_time_is_refused(tmp_path: Path, script: str) -> N
 def test_the_robustness_study_reuses_finished_runs_and_summarises_over_seeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An interrupted study started again reruns only what changed; the table is mean ± std."""
+    """An interrupted study started again reruns only what changed (its overrides, or the config
+    its recipe composes to); the table is mean ± std."""
     study = load_benchmark("robustness_study")
     ran: list[list[str]] = []
 
     def training_run(overrides: list[str], run_dir: Path, section: str) -> dict:
+        # What a real run leaves that the study reads: its composed config.
         ran.append(overrides)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        (run_dir / ".hydra" / "config.yaml").write_text(study.composed_config(overrides))
         return {"fid": 10.0 + len(ran), "recall": 0.5, "seconds": 1.0}
 
     monkeypatch.setattr(study, "training_run", training_run)
@@ -173,6 +176,13 @@ def test_the_robustness_study_reuses_finished_runs_and_summarises_over_seeds(
     assert again == first and len(ran) == 1  # read back, not run again
     other = study.run_once("colour/dcgan_seed0", ["experiment=dcgan", "seed=1"], tmp_path)
     assert len(ran) == 2 and other["fid"] == 12.0  # other overrides: run afresh
+    # The recipe changed since the run (as if conf/experiment/dcgan.yaml had another lr).
+    saved = tmp_path / "colour" / "dcgan_seed0" / ".hydra" / "config.yaml"
+    saved.write_text(
+        study.composed_config(["experiment=dcgan", "seed=1", "optim.generator.lr=1e-3"])
+    )
+    changed = study.run_once("colour/dcgan_seed0", ["experiment=dcgan", "seed=1"], tmp_path)
+    assert len(ran) == 3 and changed["fid"] == 13.0
     table = study.summary(
         {"colour": {"dcgan": [{"fid": 10.0, "recall": 0.8}, {"fid": 12.0, "recall": 0.9}]}}, ""
     )
