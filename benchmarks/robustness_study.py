@@ -27,6 +27,7 @@ is started again (a study interrupted loses only the run in progress).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -63,7 +64,8 @@ def run_once(name: str, overrides: list[str], root: Path) -> dict:
     """One training run, or the result of the same run finished earlier.
 
     The same run: the same overrides, and the config they compose to now is the
-    one the run trained with (a recipe changed since is run again).
+    one the run trained with (a recipe changed since is run again, its old run
+    directory kept beside it as ``<name>.replaced-<n>``).
     """
     from omegaconf import OmegaConf
 
@@ -78,7 +80,14 @@ def run_once(name: str, overrides: list[str], root: Path) -> dict:
             and OmegaConf.to_yaml(OmegaConf.load(trained_with)) == composed_config(overrides)
         ):
             return kept["result"]
-        print(f"{name}: its overrides or its recipe changed since it ran: running it again")
+        kept_as = next(
+            path
+            for n in itertools.count(1)
+            if not (path := run_dir.with_name(f"{run_dir.name}.replaced-{n}")).exists()
+        )
+        run_dir.rename(kept_as)  # the run refuses a directory holding one; nothing is deleted
+        print(f"{name}: its overrides or its recipe changed since it ran: running it again "
+              f"(the old run moved to {kept_as})")  # fmt: skip
     result = training_run(overrides, run_dir, "image")
     record.write_text(json.dumps({"overrides": overrides, "result": result}, indent=1))
     return result

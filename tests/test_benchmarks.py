@@ -166,7 +166,7 @@ def test_the_robustness_study_reuses_finished_runs_and_summarises_over_seeds(
     def training_run(overrides: list[str], run_dir: Path, section: str) -> dict:
         # What a real run leaves that the study reads: its composed config.
         ran.append(overrides)
-        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        (run_dir / ".hydra").mkdir(parents=True)  # as the real run, never into an old run
         (run_dir / ".hydra" / "config.yaml").write_text(study.composed_config(overrides))
         return {"fid": 10.0 + len(ran), "recall": 0.5, "seconds": 1.0}
 
@@ -176,6 +176,7 @@ def test_the_robustness_study_reuses_finished_runs_and_summarises_over_seeds(
     assert again == first and len(ran) == 1  # read back, not run again
     other = study.run_once("colour/dcgan_seed0", ["experiment=dcgan", "seed=1"], tmp_path)
     assert len(ran) == 2 and other["fid"] == 12.0  # other overrides: run afresh
+    assert len(list((tmp_path / "colour").glob("dcgan_seed0.replaced-*"))) == 1  # kept
     # The recipe changed since the run (as if conf/experiment/dcgan.yaml had another lr).
     saved = tmp_path / "colour" / "dcgan_seed0" / ".hydra" / "config.yaml"
     saved.write_text(
@@ -183,6 +184,9 @@ def test_the_robustness_study_reuses_finished_runs_and_summarises_over_seeds(
     )
     changed = study.run_once("colour/dcgan_seed0", ["experiment=dcgan", "seed=1"], tmp_path)
     assert len(ran) == 3 and changed["fid"] == 13.0
+    assert sorted(p.name for p in (tmp_path / "colour").iterdir()) == [
+        "dcgan_seed0", "dcgan_seed0.replaced-1", "dcgan_seed0.replaced-2"
+    ]  # fmt: skip
     table = study.summary(
         {"colour": {"dcgan": [{"fid": 10.0, "recall": 0.8}, {"fid": 12.0, "recall": 0.9}]}}, ""
     )

@@ -118,6 +118,20 @@ def test_sizes_per_stage_are_checked_with_the_fix() -> None:
     assert d(g(torch.randn(2, 8))).shape == (2,)
 
 
+def test_width_max_doubles_the_widths_per_lower_stage_and_keeps_the_group_width() -> None:
+    g = R3GANGenerator(latent_dim=8, channels=1, resolution=32, widths=8, cardinality=2,
+                       width_max=32)  # fmt: skip
+    stages = [[b for b in stage if isinstance(b, ResidualBlock)] for stage in g.stages]
+    assert [s[0].expand.in_channels for s in stages] == [32, 32, 16, 8]  # 4x4 first
+    assert [s[0].spatial.groups for s in stages] == [8, 8, 4, 2]
+    d = R3GANDiscriminator(channels=1, resolution=32, widths=8, cardinality=2, width_max=32)
+    assert d(g(torch.randn(2, 8))).shape == (2,)
+    with pytest.raises(ValueError, match="width_max=24 must be a multiple of widths=16"):
+        R3GANGenerator(resolution=16, widths=16, width_max=24)
+    with pytest.raises(ValueError, match="not lists"):
+        R3GANGenerator(resolution=16, widths=[32, 16, 8], width_max=32)
+
+
 def test_r1_through_the_networks_is_differentiable_twice() -> None:
     """R1 and R2 differentiate the discriminator's input gradient: its ops must support that."""
     d = R3GANDiscriminator(channels=1, resolution=16, **SMALL)

@@ -150,6 +150,23 @@ def per_stage(name: str, value: int | Sequence[int], stages: int, resolution: in
     return values
 
 
+def doubling_widths(
+    widths: int, cardinality: int, width_max: int, stages: int
+) -> tuple[list[int], list[int]]:
+    """Widths from ``widths`` at the full resolution, doubled per lower stage up to ``width_max``,
+    4x4 first; the cardinality scaled alike (the channels per group kept, as R3GAN's presets do).
+
+    A narrow 4x4 stage starves the generator: z reaches the image only through the
+    4x4 basis's channel scales (benchmarks/README.md, "R3GAN's recall").
+    """
+    if width_max < widths:
+        raise ValueError(f"width_max={width_max} must be >= widths={widths}")
+    if width_max % widths:
+        raise ValueError(f"width_max={width_max} must be a multiple of widths={widths}")
+    ws = [min(widths * 2 ** (stages - 1 - i), width_max) for i in range(stages)]
+    return ws, [cardinality * w // widths for w in ws]
+
+
 class _Sizes:
     """The per-stage sizes both networks share, checked once."""
 
@@ -160,8 +177,16 @@ class _Sizes:
         blocks: int | Sequence[int],
         cardinality: int | Sequence[int],
         expansion: int,
+        width_max: int | None = None,
     ) -> None:
         stages = num_doublings(resolution) + 1
+        if width_max is not None:
+            if not isinstance(widths, int) or not isinstance(cardinality, int):
+                raise ValueError(
+                    f"width_max={width_max} derives every stage's width and cardinality from "
+                    f"widths and cardinality given as numbers, not lists ({widths}, {cardinality})"
+                )
+            widths, cardinality = doubling_widths(widths, cardinality, width_max, stages)
         self.widths = per_stage("widths", widths, stages, resolution)
         self.blocks = per_stage("blocks", blocks, stages, resolution)
         self.cardinality = per_stage("cardinality", cardinality, stages, resolution)
@@ -188,6 +213,9 @@ class R3GANGenerator(nn.Module):
         widths, blocks, cardinality: per stage, 4x4 first (an int: every stage).
             R3GAN's CIFAR-10: widths 768, blocks 2, cardinality 96.
         expansion: inner width of the residual blocks over their width (R3GAN: 2).
+        width_max: None: ``widths`` as given. A number: ``widths`` and ``cardinality``
+            (numbers) are the full-resolution stage's, doubled per lower stage up
+            to ``width_max`` (as DCGAN's widths; R3GAN's FFHQ-256 halves them upwards).
         num_classes: > 0 makes it class-conditional (an embedding of the label,
             ``embed_dim`` wide, concatenated to z; R3GAN: ``embed_dim = latent_dim``).
         embed_dim: None: ``latent_dim``.
@@ -204,9 +232,10 @@ class R3GANGenerator(nn.Module):
         expansion: int = 2,
         num_classes: int = 0,
         embed_dim: int | None = None,
+        width_max: int | None = None,
     ) -> None:
         super().__init__()
-        sizes = _Sizes(resolution, widths, blocks, cardinality, expansion)
+        sizes = _Sizes(resolution, widths, blocks, cardinality, expansion, width_max)
         self.latent_dim = latent_dim
         self.num_classes = num_classes
         self.sample_shape = (channels, resolution, resolution)
@@ -239,7 +268,7 @@ class R3GANDiscriminator(nn.Module):
     """image (and a label) -> one logit, through residual stages from the full resolution down to 4x4.
 
     Args:
-        channels, resolution, widths, blocks, cardinality, expansion: as
+        channels, resolution, widths, blocks, cardinality, expansion, width_max: as
             :class:`R3GANGenerator` (per stage, 4x4 first: the same lists fit both).
         num_classes: > 0: projection onto an embedding of the label, as wide as
             the 4x4 stage (R3GAN's choice).
@@ -254,9 +283,10 @@ class R3GANDiscriminator(nn.Module):
         cardinality: int | Sequence[int] = 32,
         expansion: int = 2,
         num_classes: int = 0,
+        width_max: int | None = None,
     ) -> None:
         super().__init__()
-        sizes = _Sizes(resolution, widths, blocks, cardinality, expansion)
+        sizes = _Sizes(resolution, widths, blocks, cardinality, expansion, width_max)
         self.sample_shape = (channels, resolution, resolution)
         w = sizes.widths
         self.from_image = _conv(channels, w[-1])
