@@ -47,9 +47,9 @@ COLUMNS = ["fid", "precision", "recall", "coverage", "seconds"]
 def composed_config(overrides: list[str]) -> str:
     """The config ``python -m gan_template <overrides>`` composes now (unresolved YAML).
 
-    A run's ``.hydra/config.yaml`` is the same text: a recipe whose YAML (or a
-    default it reads) changed since the run no longer matches it. Changes to
-    the code alone are not seen: clear ``--out`` after them.
+    Kept with each finished run: a recipe whose YAML (or a default it reads)
+    changed since no longer matches it. Changes to the code alone are not seen:
+    clear ``--out`` after them.
     """
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -63,23 +63,20 @@ def composed_config(overrides: list[str]) -> str:
 def run_once(name: str, overrides: list[str], root: Path) -> dict:
     """One training run, or the result of the same run finished earlier.
 
-    The same run: the same overrides, and the config they compose to now is the
-    one the run trained with (a recipe changed since is run again, its old run
-    directory kept beside it as ``<name>.replaced-<n>``).
+    The same run: the same overrides, composing to the config the run trained
+    with (a recipe changed since is run again, its old run directory kept
+    beside it as ``<name>.replaced-<n>``). The config is the one recorded when
+    the run finished, not its ``.hydra/config.yaml``: Hydra rewrites that file
+    even for a run the template then refuses to start there.
     """
-    from omegaconf import OmegaConf
-
     run_dir = root / name
     record = run_dir / "study.json"
+    config = composed_config(overrides)
     if record.is_file():
         kept = json.loads(record.read_text())
-        trained_with = run_dir / ".hydra" / "config.yaml"
-        if (
-            kept["overrides"] == overrides
-            and trained_with.is_file()
-            and OmegaConf.to_yaml(OmegaConf.load(trained_with)) == composed_config(overrides)
-        ):
+        if kept["overrides"] == overrides and kept.get("config") == config:
             return kept["result"]
+    if run_dir.exists():
         kept_as = next(
             path
             for n in itertools.count(1)
@@ -89,7 +86,9 @@ def run_once(name: str, overrides: list[str], root: Path) -> dict:
         print(f"{name}: its overrides or its recipe changed since it ran: running it again "
               f"(the old run moved to {kept_as})")  # fmt: skip
     result = training_run(overrides, run_dir, "image")
-    record.write_text(json.dumps({"overrides": overrides, "result": result}, indent=1))
+    record.write_text(
+        json.dumps({"overrides": overrides, "config": config, "result": result}, indent=1)
+    )
     return result
 
 

@@ -10,6 +10,7 @@ template ended: generator, discriminator and EMA, to float tolerance.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -164,10 +165,8 @@ def test_the_robustness_study_reuses_finished_runs_and_summarises_over_seeds(
     ran: list[list[str]] = []
 
     def training_run(overrides: list[str], run_dir: Path, section: str) -> dict:
-        # What a real run leaves that the study reads: its composed config.
         ran.append(overrides)
-        (run_dir / ".hydra").mkdir(parents=True)  # as the real run, never into an old run
-        (run_dir / ".hydra" / "config.yaml").write_text(study.composed_config(overrides))
+        run_dir.mkdir(parents=True)  # as the real run, never into an old run
         return {"fid": 10.0 + len(ran), "recall": 0.5, "seconds": 1.0}
 
     monkeypatch.setattr(study, "training_run", training_run)
@@ -178,10 +177,10 @@ def test_the_robustness_study_reuses_finished_runs_and_summarises_over_seeds(
     assert len(ran) == 2 and other["fid"] == 12.0  # other overrides: run afresh
     assert len(list((tmp_path / "colour").glob("dcgan_seed0.replaced-*"))) == 1  # kept
     # The recipe changed since the run (as if conf/experiment/dcgan.yaml had another lr).
-    saved = tmp_path / "colour" / "dcgan_seed0" / ".hydra" / "config.yaml"
-    saved.write_text(
-        study.composed_config(["experiment=dcgan", "seed=1", "optim.generator.lr=1e-3"])
-    )
+    record = tmp_path / "colour" / "dcgan_seed0" / "study.json"
+    kept = json.loads(record.read_text())
+    kept["config"] = study.composed_config(["experiment=dcgan", "optim.generator.lr=1e-3"])
+    record.write_text(json.dumps(kept))
     changed = study.run_once("colour/dcgan_seed0", ["experiment=dcgan", "seed=1"], tmp_path)
     assert len(ran) == 3 and changed["fid"] == 13.0
     assert sorted(p.name for p in (tmp_path / "colour").iterdir()) == [
