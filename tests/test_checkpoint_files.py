@@ -151,6 +151,12 @@ def test_resuming_from_a_damaged_last_ckpt_says_which_checkpoint_to_use(tmp_path
     assert "Traceback" not in resumed.stderr
     assert f"{last} is damaged" in resumed.stderr
     assert f"ckpt_path={run_dir / 'checkpoints' / 'iter0000004.ckpt'}" in resumed.stderr
+    # The command that started the run is kept beside the resuming one's (run_lock.py).
+    assert (
+        "train.iterations=4"
+        in (run_dir / ".hydra" / "earlier" / "1" / "overrides.yaml").read_text()
+    )
+    assert "train.iterations=8" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
 class FillsUpAfter:

@@ -13,9 +13,11 @@ import pytest
 
 from gan_template.harness.run_lock import (
     LOCK_NAME,
+    RECORD_FILES,
     DirectoryLock,
     RunDirectoryInUse,
     RunDirectoryLock,
+    keep_earlier_record,
 )
 
 
@@ -113,3 +115,39 @@ def test_a_run_directory_on_a_read_only_mount_is_refused_with_the_reason(tmp_pat
         in done.stderr
     )
     assert "Traceback" not in done.stderr
+
+
+def test_a_fresh_start_over_a_finished_run_is_refused_before_hydra_writes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"a finished run's checkpoint")
+    record = {name: f"the first command's {name}\n" for name in RECORD_FILES}
+    for name, text in record.items():
+        (run_dir / ".hydra" / name).write_text(text)
+    done = subprocess.run(
+        [sys.executable, "-m", "gan_template", "experiment=ring", f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "already holds a run" in done.stderr and "ckpt_path=last" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert {p.name: p.read_text() for p in (run_dir / ".hydra").iterdir()} == record
+
+
+def test_each_earlier_record_is_kept_numbered(tmp_path: Path) -> None:
+    hydra_dir = tmp_path / ".hydra"
+    assert keep_earlier_record(hydra_dir) is None  # a new run: nothing to keep
+    for command in ("first", "second"):
+        hydra_dir.mkdir(exist_ok=True)
+        for name in RECORD_FILES:
+            (hydra_dir / name).write_text(command)
+        keep_earlier_record(hydra_dir)
+    for number, command in ((1, "first"), (2, "second")):
+        kept = hydra_dir / "earlier" / str(number)
+        assert {p.name: p.read_text() for p in kept.iterdir()} == dict.fromkeys(
+            RECORD_FILES, command
+        )
+    assert not (hydra_dir / "config.yaml").exists()

@@ -7,6 +7,12 @@ Hydra callback, ``conf/hydra/default.yaml``) takes an exclusive lock on
 ``<run dir>/.gan_template.lock`` before Hydra writes anything there, and a run
 that cannot take it stops with exit status 2, naming the process that holds it.
 
+Before Hydra writes this command's record (``.hydra/*.yaml``) into the
+directory, the earlier command's is moved to ``.hydra/earlier/<n>/`` (a resumed
+run keeps how it was started), and a fresh start into a directory that holds a
+run's ``last.ckpt`` is refused with nothing written (train.py's refusal comes
+after Hydra's write).
+
 The lock is an ``flock`` on an open file, so the operating system drops it when
 its process ends in any way (a crash, SIGKILL, a lost node): a killed run
 leaves no stale lock, and resuming into its directory just works. The file
@@ -34,6 +40,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from gan_template.harness.errors import UserInputError
 
 LOCK_NAME = ".gan_template.lock"
 
@@ -119,6 +127,31 @@ class DirectoryLock:
         )
 
 
+#: The files of a command's record that Hydra writes into ``<run dir>/.hydra/``.
+RECORD_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def keep_earlier_record(hydra_dir: Path) -> Path | None:
+    """Move an earlier command's record out of the way of this one's: ``.hydra/earlier/<n>/``.
+
+    A resumed run (``ckpt_path=last``, a requeued job) gets its command's
+    config, Hydra config and overrides written over those of the command that
+    started it; each earlier record is kept, numbered in the order of the
+    commands. Returns where it went (None: no earlier record).
+    """
+    present = [hydra_dir / name for name in RECORD_FILES if (hydra_dir / name).is_file()]
+    if not present:
+        return None
+    number = 1
+    while (hydra_dir / "earlier" / str(number)).exists():
+        number += 1
+    kept = hydra_dir / "earlier" / str(number)
+    kept.mkdir(parents=True)
+    for path in present:
+        path.rename(kept / path.name)
+    return kept
+
+
 class RunDirectoryLock(Callback):
     """Hydra callback: hold the run's (or the sweep's) directory for the whole command."""
 
@@ -144,6 +177,21 @@ class RunDirectoryLock(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # as run_job does: ${hydra:...} resolves
         self._take(config.hydra.run.dir)
+        if launch_rank() != 0 or config.hydra.output_subdir is None:
+            return
+        # Hydra writes this command's record (.hydra/*.yaml) next, over the one of the
+        # command that made the run: refuse a fresh start over a run first (train.py
+        # refuses it too, but only after that write), and keep the earlier record.
+        run_dir = Path(config.hydra.run.dir)
+        if config.get("ckpt_path") is None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+            from gan_template.harness.train import resolve_checkpoint
+
+            try:
+                resolve_checkpoint(None, run_dir)
+            except UserInputError as refused:
+                print(f"gan_template: error: {refused}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+        keep_earlier_record(run_dir / config.hydra.output_subdir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._drop()
