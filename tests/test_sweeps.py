@@ -153,6 +153,7 @@ def study_trials(storage: str) -> list:
     return optuna.load_study(study_name="toy", storage=opened).get_trials(deepcopy=False)
 
 
+@pytest.mark.slow  # two concurrent sweep workers per storage: about 20 s in all
 @pytest.mark.parametrize(
     "storage",
     ["sqlite:///{tmp}/optuna.db", "journal:///{tmp}/optuna.log"],

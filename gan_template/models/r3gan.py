@@ -186,6 +186,12 @@ class _Sizes:
                     f"width_max={width_max} derives every stage's width and cardinality from "
                     f"widths and cardinality given as numbers, not lists ({widths}, {cardinality})"
                 )
+            if (expansion * widths) % cardinality:  # named as given, not as scaled
+                raise ValueError(
+                    f"cardinality={cardinality} does not divide the inner width "
+                    f"{expansion * widths} (= expansion {expansion} x width {widths}); "
+                    "choose a divisor"
+                )
             widths, cardinality = doubling_widths(widths, cardinality, width_max, stages)
         self.widths = per_stage("widths", widths, stages, resolution)
         self.blocks = per_stage("blocks", blocks, stages, resolution)
