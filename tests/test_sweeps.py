@@ -108,6 +108,7 @@ def test_ddp_multirun_keeps_every_rank_in_its_jobs_folder(tmp_path: Path) -> Non
         assert f"seed={row['job']}" in overrides
 
 
+@pytest.mark.slow  # an Optuna multirun of several trials: about 12 s
 def test_optuna_search_minimizes_the_final_metric_over_its_trials(tmp_path: Path) -> None:
     multirun(
         tmp_path,
