@@ -226,6 +226,26 @@ def test_identity_blocks_make_the_initial_generator_a_linear_map_of_z() -> None:
     assert F.mse_loss(g(z), g(-z), reduction="sum") > 0
 
 
+def test_the_basis_input_varies_only_channel_gains_and_the_linear_one_each_position() -> None:
+    """What the two input layers let z change in the 4x4 tensor (benchmarks/README.md, "R3GAN's recall")."""
+    torch.manual_seed(0)
+    z = torch.randn(256, 8)
+    first = {}
+    for kind in ("basis", "linear"):
+        g = R3GANGenerator(latent_dim=8, channels=1, resolution=16, input_layer=kind, **SMALL)
+        g.stages[0].register_forward_hook(lambda _m, args, _out, kind=kind: first.__setitem__(kind, args[0]))
+        assert g(z).shape == (256, 1, 16, 16)
+        assert first[kind].shape == (256, 16, 4, 4)
+        assert first[kind].std().item() == pytest.approx(1.0, abs=0.2)  # unit variance, as R3GAN's
+    # basis: one z over another is one number per channel, the same at every position
+    ratio = first["basis"][0] / first["basis"][1]
+    assert torch.allclose(ratio, ratio[:, :1, :1].expand_as(ratio), rtol=1e-4)
+    ratio = first["linear"][0] / first["linear"][1]
+    assert not torch.allclose(ratio, ratio[:, :1, :1].expand_as(ratio), rtol=1e-2)
+    with pytest.raises(ValueError, match="input_layer='dense'.*'basis'.*'linear'"):
+        R3GANGenerator(input_layer="dense")
+
+
 def test_torch_compile_captures_both_networks_whole_but_not_a_double_backward() -> None:
     """fullgraph: no graph breaks. R1/R2 differentiate twice, which compiled graphs refuse
     (torch 2.x): so the module compiles the discriminator only without a penalty."""

@@ -16,7 +16,8 @@ fail to build for many users: R3GAN issue 15, stylegan3 issues 124 and 633):
   between stages.
 - Generator: a learned 4x4 basis scaled per channel by a linear map of z
   (plus a class embedding when conditional), the stages, a 1x1 convolution to
-  the image: no tanh.
+  the image: no tanh. ``input_layer="linear"`` (not R3GAN's) maps z to the whole
+  4x4 tensor instead, as DCGAN's first layer.
 - Discriminator: a 1x1 convolution from the image, the stages (4x4 last), a
   depthwise 4x4 convolution and a linear layer; class-conditional by projection.
 
@@ -156,7 +157,7 @@ def doubling_widths(
     """Widths from ``widths`` at the full resolution, doubled per lower stage up to ``width_max``,
     4x4 first; the cardinality scaled alike (the channels per group kept, as R3GAN's presets do).
 
-    A narrow 4x4 stage starves the generator: z reaches the image only through the
+    A narrow 4x4 stage starves the generator when z reaches the image only through the
     4x4 basis's channel scales (benchmarks/README.md, "R3GAN's recall").
     """
     if width_max < widths:
@@ -225,6 +226,12 @@ class R3GANGenerator(nn.Module):
         num_classes: > 0 makes it class-conditional (an embedding of the label,
             ``embed_dim`` wide, concatenated to z; R3GAN: ``embed_dim = latent_dim``).
         embed_dim: None: ``latent_dim``.
+        input_layer: how z enters. ``"basis"`` (R3GAN's): a learned 4x4 basis,
+            each channel scaled by a linear map of z, so z varies only the
+            4x4 stage's channel gains. ``"linear"``: a linear map of z to the
+            whole 4x4 tensor (DCGAN's, ProGAN's), so z varies each position too.
+            At the widths a CPU affords the basis cost recall, the share of the
+            data the samples reach (benchmarks/README.md, "R3GAN's recall").
     """
 
     def __init__(
@@ -239,8 +246,11 @@ class R3GANGenerator(nn.Module):
         num_classes: int = 0,
         embed_dim: int | None = None,
         width_max: int | None = None,
+        input_layer: str = "basis",
     ) -> None:
         super().__init__()
+        if input_layer not in ("basis", "linear"):
+            raise ValueError(f"input_layer={input_layer!r}: use 'basis' (R3GAN's) or 'linear'")
         sizes = _Sizes(resolution, widths, blocks, cardinality, expansion, width_max)
         self.latent_dim = latent_dim
         self.num_classes = num_classes
@@ -251,8 +261,13 @@ class R3GANGenerator(nn.Module):
             # As a bias-free linear map of the one-hot label with He initialisation.
             nn.init.normal_(self.embedding.weight, 0.0, 1.0 / math.sqrt(num_classes))
         w = sizes.widths
-        self.basis = nn.Parameter(torch.randn(w[0], 4, 4))
-        self.basis_scale = msr_init_(nn.Linear(latent_dim + embed, w[0], bias=False))
+        # Either way the 4x4 tensor starts with unit variance per element.
+        if input_layer == "basis":
+            self.basis = nn.Parameter(torch.randn(w[0], 4, 4))
+            self.basis_scale = msr_init_(nn.Linear(latent_dim + embed, w[0], bias=False))
+        else:
+            self.basis = None
+            self.to_4x4 = msr_init_(nn.Linear(latent_dim + embed, w[0] * 16, bias=False))
         stages: list[nn.Module] = [nn.Sequential(*sizes.residual_blocks(0))]
         for i in range(1, len(w)):
             transition: list[nn.Module] = [] if w[i - 1] == w[i] else [_conv(w[i - 1], w[i])]
@@ -266,7 +281,10 @@ class R3GANGenerator(nn.Module):
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass labels")
             z = torch.cat([z, self.embedding(labels)], dim=1)
-        x = self.basis.unsqueeze(0) * self.basis_scale(z)[:, :, None, None]
+        if self.basis is not None:
+            x = self.basis.unsqueeze(0) * self.basis_scale(z)[:, :, None, None]
+        else:
+            x = self.to_4x4(z).view(z.shape[0], -1, 4, 4)
         return self.to_image(self.stages(x))
 
 
@@ -290,8 +308,11 @@ class R3GANDiscriminator(nn.Module):
         expansion: int = 2,
         num_classes: int = 0,
         width_max: int | None = None,
+        input_layer: str = "basis",
     ) -> None:
         super().__init__()
+        if input_layer not in ("basis", "linear"):
+            raise ValueError(f"input_layer={input_layer!r}: use 'basis' (R3GAN's) or 'linear'")
         sizes = _Sizes(resolution, widths, blocks, cardinality, expansion, width_max)
         self.sample_shape = (channels, resolution, resolution)
         w = sizes.widths
