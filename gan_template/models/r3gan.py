@@ -308,11 +308,8 @@ class R3GANDiscriminator(nn.Module):
         expansion: int = 2,
         num_classes: int = 0,
         width_max: int | None = None,
-        input_layer: str = "basis",
     ) -> None:
         super().__init__()
-        if input_layer not in ("basis", "linear"):
-            raise ValueError(f"input_layer={input_layer!r}: use 'basis' (R3GAN's) or 'linear'")
         sizes = _Sizes(resolution, widths, blocks, cardinality, expansion, width_max)
         self.sample_shape = (channels, resolution, resolution)
         w = sizes.widths
