@@ -233,7 +233,9 @@ def test_the_basis_input_varies_only_channel_gains_and_the_linear_one_each_posit
     first = {}
     for kind in ("basis", "linear"):
         g = R3GANGenerator(latent_dim=8, channels=1, resolution=16, input_layer=kind, **SMALL)
-        g.stages[0].register_forward_hook(lambda _m, args, _out, kind=kind: first.__setitem__(kind, args[0]))
+        g.stages[0].register_forward_hook(
+            lambda _m, args, _out, kind=kind: first.__setitem__(kind, args[0])
+        )
         assert g(z).shape == (256, 1, 16, 16)
         assert first[kind].shape == (256, 16, 4, 4)
         assert first[kind].std().item() == pytest.approx(1.0, abs=0.2)  # unit variance, as R3GAN's
@@ -242,7 +244,7 @@ def test_the_basis_input_varies_only_channel_gains_and_the_linear_one_each_posit
     assert torch.allclose(ratio, ratio[:, :1, :1].expand_as(ratio), rtol=1e-4)
     ratio = first["linear"][0] / first["linear"][1]
     assert not torch.allclose(ratio, ratio[:, :1, :1].expand_as(ratio), rtol=1e-2)
-    with pytest.raises(ValueError, match="input_layer='dense'.*'basis'.*'linear'"):
+    with pytest.raises(ValueError, match=r"input_layer='dense'.*'basis'.*'linear'"):
         R3GANGenerator(input_layer="dense")
 
 

@@ -263,7 +263,7 @@ class R3GANGenerator(nn.Module):
         w = sizes.widths
         # Either way the 4x4 tensor starts with unit variance per element.
         if input_layer == "basis":
-            self.basis = nn.Parameter(torch.randn(w[0], 4, 4))
+            self.basis: nn.Parameter | None = nn.Parameter(torch.randn(w[0], 4, 4))
             self.basis_scale = msr_init_(nn.Linear(latent_dim + embed, w[0], bias=False))
         else:
             self.basis = None
