@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def load_benchmark(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -190,3 +192,38 @@ def test_the_robustness_study_reuses_finished_runs_and_summarises_over_seeds(
         {"colour": {"dcgan": [{"fid": 10.0, "recall": 0.8}, {"fid": 12.0, "recall": 0.9}]}}, ""
     )
     assert "| dcgan | 11.0 ± 1.4 | 0.85 ± 0.07 |" in table
+
+
+def test_recall_sources_tells_samples_off_the_data_from_coverage() -> None:
+    """Recall made by outliers shows as a lower recall of the samples on the data; a dropped
+    class as one class's recall; a faithful set as neither."""
+    sources = load_benchmark("recall_sources")
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(400, 4, generator=g)
+    labels = (real[:, 0] > 0).long()
+    faithful = sources.recall_sources(real, torch.randn(1600, 4, generator=g), 300, 3, labels)
+    assert (
+        abs(statistics.mean(faithful.recall_random) - statistics.mean(faithful.recall_on_data))
+        < 0.03
+    )
+    assert min(faithful.recall_per_class) > 0.9 and 0.9 < faithful.spread < 1.1
+    # A narrow core on the data and a fifth of the samples spread past it.
+    core, wide = 0.5 * torch.randn(1280, 4, generator=g), 2.5 * torch.randn(320, 4, generator=g)
+    mixed = torch.cat([core, wide])[torch.randperm(1600, generator=g)]
+    outliers = sources.recall_sources(real, mixed, 300, 3, labels)
+    assert statistics.mean(outliers.recall_random) - statistics.mean(outliers.recall_on_data) > 0.06
+    assert outliers.spread < 0.7  # most samples sit tighter than the data
+    one_class = torch.randn(4000, 4, generator=g)
+    dropped = sources.recall_sources(real, one_class[one_class[:, 0] < 0][:1600], 300, 3, labels)
+    assert dropped.recall_per_class[0] > 0.9 and dropped.recall_per_class[1] < 0.4
+    with pytest.raises(ValueError, match="lie on the data: use a smaller --m"):
+        sources.recall_sources(real, torch.randn(400, 4, generator=g) + 50, 10, 1, labels)
+
+
+def test_recall_sources_reads_a_checkpoint(digits_run: dict, capsys: pytest.CaptureFixture) -> None:
+    sources = load_benchmark("recall_sources")
+    ckpt = str(Path(digits_run["run_dir"]) / "checkpoints" / "last.ckpt")
+    (result,) = sources.main([ckpt, "--m", "50", "--repeats", "2", "--samples-per-real", "1"])
+    assert len(result.recall_per_class) == 10  # the digits' labels, aligned with their features
+    assert 0 <= statistics.mean(result.recall_on_data) <= 1 and result.spread > 0
+    assert f"{ckpt}: P {result.precision:.3f} R {result.recall:.3f}" in capsys.readouterr().out

@@ -45,7 +45,7 @@ def kth_neighbour_distances(points: Tensor, k: int, chunk_size: int = 1024) -> T
     return torch.cat(radii)
 
 
-def _inside_counts(queries: Tensor, centres: Tensor, radii: Tensor, chunk_size: int) -> Tensor:
+def inside_counts(queries: Tensor, centres: Tensor, radii: Tensor, chunk_size: int) -> Tensor:
     """For each query, how many of the balls (centres, radii) contain it."""
     counts = []
     for chunk in queries.split(chunk_size):
@@ -67,13 +67,13 @@ def precision_recall_density_coverage(
     )  # exact ties of distances to radii, as the O(n^2) form
     real_radii = kth_neighbour_distances(real, precision_recall_k, chunk_size)
     fake_radii = kth_neighbour_distances(fake, precision_recall_k, chunk_size)
-    precision = (_inside_counts(fake, real, real_radii, chunk_size) > 0).double().mean()
-    recall = (_inside_counts(real, fake, fake_radii, chunk_size) > 0).double().mean()
+    precision = (inside_counts(fake, real, real_radii, chunk_size) > 0).double().mean()
+    recall = (inside_counts(real, fake, fake_radii, chunk_size) > 0).double().mean()
     if density_coverage_k == precision_recall_k:
         dc_radii = real_radii
     else:
         dc_radii = kth_neighbour_distances(real, density_coverage_k, chunk_size)
-    density = _inside_counts(fake, real, dc_radii, chunk_size).double().sum() / (
+    density = inside_counts(fake, real, dc_radii, chunk_size).double().sum() / (
         density_coverage_k * len(fake)
     )
     # Coverage: a real ball holds a generated sample when its nearest one lies within the radius.
